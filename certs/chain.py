@@ -98,9 +98,7 @@ def verify_chain(
             store.add_crl(crl)
         flag = crypto.X509StoreFlags.CRL_CHECK_ALL if crl_mode == "all" else crypto.X509StoreFlags.CRL_CHECK
         store.set_flags(flag)
-    ctx = crypto.X509StoreContext(
-        store, _to_openssl(leaf), chain=[_to_openssl(c) for c in intermediates]
-    )
+    ctx = crypto.X509StoreContext(store, _to_openssl(leaf), chain=[_to_openssl(c) for c in intermediates])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:

@@ -28,7 +28,8 @@ class MockVerifier:
         checks.add(
             "mock_allowed",
             trust.allow_mock,
-            "mock evidence accepted (allow_mock)" if trust.allow_mock
+            "mock evidence accepted (allow_mock)"
+            if trust.allow_mock
             else "evidence is from the software mock TEE, not hardware; pass allow_mock to accept it",
         )
         if evidence.type != "mock":
@@ -50,7 +51,8 @@ class MockVerifier:
             checks.add(
                 "report_data",
                 same,
-                "matches the expected binding" if same
+                "matches the expected binding"
+                if same
                 else f"expected {expected_report_data.hex()[:16]}…, found {ev.report_data.hex()[:16]}…",
             )
         claims = {
