@@ -1,0 +1,83 @@
+"""Shared pieces of the `evidence verify` command line of every backend.
+
+Exit codes (DESIGN): 0 verified, 1 rejected (a check failed, including malformed evidence),
+2 usage or I/O error. With --json, one JSON object on stdout; messages go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from attestation.errors import AttestationError
+from attestation.evidence import Result
+
+EXIT_OK, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Bad arguments or unreadable files: exit 2."""
+
+
+def parse_time(text: str) -> dt.datetime:
+    """ISO 8601 to an aware UTC datetime; a naive time is taken as UTC."""
+    try:
+        value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected an ISO 8601 time, found {text!r}") from exc
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+def add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--at", type=parse_time, default=None, help="evaluation time (default: now)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+def read_file(path: Path, what: str, limit: int = 16 << 20) -> bytes:
+    try:
+        size = path.stat().st_size
+        if size > limit:
+            raise UsageError(f"{path}: {what} is {size} bytes, more than the {limit} allowed")
+        return path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read {what}: {exc.strerror or exc}") from exc
+
+
+def emit(result: Result, *, as_json: bool, source: str) -> int:
+    """Print `result` and return the exit code."""
+    if as_json:
+        payload = {"file": source, **result.to_json()}
+        json.dump(payload, sys.stdout, indent=2, sort_keys=True)
+        sys.stdout.write("\n")
+    else:
+        for check in result.checks:
+            mark = "ok  " if check.passed else "FAIL"
+            print(f"{mark} {check.name}: {check.detail}", file=sys.stderr)
+    if result.ok:
+        status = f", TCB {result.tcb_status}" if result.tcb_status else ""
+        print(f"{source}: verified ({result.type}{status})", file=sys.stderr)
+        return EXIT_OK
+    print(f"{source}: rejected: {result.reason()}", file=sys.stderr)
+    return EXIT_REJECTED
+
+
+def run_guarded(body: Callable[[], int], *, as_json: bool = False) -> int:
+    """Run a command body, mapping errors to one-line messages and exit codes."""
+    try:
+        return body()
+    except UsageError as exc:
+        return _fail(str(exc), EXIT_USAGE, as_json)
+    except AttestationError as exc:
+        return _fail(str(exc), EXIT_REJECTED, as_json)
+
+
+def _fail(message: str, code: int, as_json: bool) -> int:
+    if as_json:
+        json.dump({"ok": False, "error": message}, sys.stdout)
+        sys.stdout.write("\n")
+    print(f"error: {message}", file=sys.stderr)
+    return code
