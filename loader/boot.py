@@ -103,6 +103,7 @@ def _stage_and_run(state: BootState) -> None:
     except InputError as exc:
         state.reasons.append(f"staging: {exc}")
         log.error("%s", exc)
+        state.stamp("measured")
         _decide(state)
         return
     try:
