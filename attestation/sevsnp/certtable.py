@@ -84,7 +84,7 @@ def parse(data: bytes, *, what: str = "certificate table") -> CertTable:
         spans.append((offset, offset + length))
     if len({g for g, _, _ in entries}) != len(entries):
         raise EvidenceFormatError(f"{what}: a GUID appears twice")
-    for (a_start, a_end), (b_start, b_end) in zip(sorted(spans), sorted(spans)[1:], strict=False):
+    for (a_start, a_end), (b_start, _) in zip(sorted(spans), sorted(spans)[1:], strict=False):
         if b_start < a_end:
             raise EvidenceFormatError(f"{what}: certificates at {a_start} and {b_start} overlap")
     used = bytearray(len(data))
