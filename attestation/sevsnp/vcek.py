@@ -47,6 +47,11 @@ class KeyCertInfo:
     spls: dict[str, int]
 
 
+def one_line(exc: BaseException) -> str:
+    """asn1crypto and OpenSSL messages may span lines; ours do not."""
+    return " ".join(str(exc).split())
+
+
 def _cn(name: x509.Name) -> str:
     value = name.native.get("common_name", "")
     return value if isinstance(value, str) else ""
@@ -79,7 +84,7 @@ def parse(der: bytes, *, what: str = "VCEK") -> KeyCertInfo:
         subject_cn, issuer_cn = _cn(tbs["subject"]), _cn(tbs["issuer"])
         raw_exts = [(e["extn_id"].dotted, e["extn_value"].contents) for e in tbs["extensions"]]
     except (ValueError, TypeError, KeyError) as exc:
-        raise EvidenceFormatError(f"{what}: not a DER X.509 certificate ({exc})") from exc
+        raise EvidenceFormatError(f"{what}: not a DER X.509 certificate ({one_line(exc)})") from exc
     seen: set[str] = set()
     spls: dict[str, int] = {}
     product_name = hwid = csp_id = None

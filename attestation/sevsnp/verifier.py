@@ -38,6 +38,7 @@ from attestation.sevsnp import products, report, roots, vcek
 from attestation.sevsnp.products import Product
 from attestation.sevsnp.report import AttestationReport
 from attestation.sevsnp.validate import SnpPolicy, validate
+from attestation.sevsnp.vcek import one_line
 from certs.chain import describe, fingerprint, load_certificates, load_crl, verify_chain
 from certs.errors import CertsError
 
@@ -76,7 +77,7 @@ class SnpVerifier:
         try:
             rep = report.parse(evidence.data)
         except AttestationError as exc:
-            checks.fail("format", str(exc))
+            checks.fail("format", one_line(exc))
             return Result(TYPE, checks.build(), {})
         st = _State(rep, trust, evidence, at, checks)
         checks.ok("format", f"ATTESTATION_REPORT version {rep.version}, {report.REPORT_SIZE} bytes")
@@ -115,7 +116,7 @@ def _options(st: _State) -> tuple[SnpPolicy | None, Product | None]:
         policy = raw if isinstance(raw, SnpPolicy) else SnpPolicy.from_mapping(raw or {})
         flag = products.parse(str(opts["product"])) if opts.get("product") else None
     except AttestationError as exc:
-        st.checks.fail("options", str(exc))
+        st.checks.fail("options", one_line(exc))
         return None, None
     return policy, flag
 
@@ -162,7 +163,7 @@ def _certificate(st: _State) -> bool:
         cert = certs[0]
         info = vcek.parse(cert.public_bytes(serialization.Encoding.DER), what=kind.upper())
     except (AttestationError, CertsError) as exc:
-        st.checks.fail("certificate", str(exc))
+        st.checks.fail("certificate", one_line(exc))
         return False
     key = cert.public_key()
     if not (isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP384R1)):
@@ -261,7 +262,8 @@ def _chain(st: _State) -> bool:
         intermediates = [c for c in bundle if c.subject != c.issuer and fingerprint(c) not in pins]
         chain = verify_chain(st.cert, intermediates=intermediates, roots=anchors, at=st.at)
     except (CertsError, AttestationError) as exc:
-        st.checks.fail("chain", f"{kind.upper()} does not chain to the {st.product.value} ARK: {exc}")
+        reason = one_line(exc)
+        st.checks.fail("chain", f"{kind.upper()} does not chain to the {st.product.value} ARK: {reason}")
         return False
     want_ask = f"SEV-VLEK-{st.product.value}" if kind == "vlek" else f"SEV-{st.product.value}"
     ask_cn = _cn(chain[1]) if len(chain) == 3 else ""
@@ -311,7 +313,7 @@ def _crl(st: _State) -> None:
         crl = load_crl(blob, what="CRL")
         verify_chain(ask, roots=[ark], at=st.at, crls=[crl], crl_mode="leaf")
     except CertsError as exc:
-        st.checks.fail("crl", f"{_cn(ask)} against the CRL of {_cn(ark)}: {exc}")
+        st.checks.fail("crl", f"{_cn(ask)} against the CRL of {_cn(ark)}: {one_line(exc)}")
         return
     st.claims["crl_checked"] = True
     st.checks.ok("crl", f"{_cn(ask)} not revoked by {_cn(ark)}'s CRL (next update {crl.next_update_utc})")
