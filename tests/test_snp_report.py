@@ -163,9 +163,16 @@ def test_tcb_layout_differs_for_turin():
 
 @pytest.mark.parametrize(
     ("family", "model", "product"),
-    [(0x19, 0x01, Product.MILAN), (0x19, 0x11, Product.GENOA), (0x19, 0xA0, Product.GENOA),
-     (0x1A, 0x02, Product.TURIN), (0x1A, 0x11, Product.TURIN), (0x17, 0x31, None), (0x19, 0x21, None)],
-)  # fmt: skip
+    [
+        (0x19, 0x01, Product.MILAN),
+        (0x19, 0x11, Product.GENOA),
+        (0x19, 0xA0, Product.GENOA),
+        (0x1A, 0x02, Product.TURIN),
+        (0x1A, 0x11, Product.TURIN),
+        (0x17, 0x31, None),
+        (0x19, 0x21, None),
+    ],
+)
 def test_product_from_cpuid(family, model, product):
     assert products.from_cpuid(family, model) is product
 

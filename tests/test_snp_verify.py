@@ -401,8 +401,15 @@ def test_policy_from_mapping():
         {"measurement": "00" * 48, "min_tcb": "bl=3,ucode=115", "vmpl": 0, "allow_debug": True}
     )
     assert pol.measurements == (bytes(48),) and dict(pol.min_tcb) == {"bootloader": 3, "microcode": 115}
-    for bad in ({"measurment": "00"}, {"measurement": "zz"}, {"measurement": "00"}, {"vmpl": 7},
-                {"allow_debug": "yes"}, {"min_tcb": {"nope": 1}}, {"signing_key": "ark"}):  # fmt: skip
+    for bad in (
+        {"measurment": "00"},
+        {"measurement": "zz"},
+        {"measurement": "00"},
+        {"vmpl": 7},
+        {"allow_debug": "yes"},
+        {"min_tcb": {"nope": 1}},
+        {"signing_key": "ark"},
+    ):
         with pytest.raises(PolicyError):
             SnpPolicy.from_mapping(bad)
 

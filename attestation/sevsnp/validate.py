@@ -62,9 +62,17 @@ class SnpPolicy:
     def from_mapping(cls, data: Mapping[str, Any]) -> SnpPolicy:
         """From configuration: hex strings (or lists of them), min_tcb a map, flags booleans."""
         known = {
-            "measurement", "host_data", "id_key_digest", "author_key_digest", "min_tcb", "vmpl",
-            "min_guest_svn", "signing_key", "allow_debug", "allow_migrate_ma",
-        }  # fmt: skip
+            "measurement",
+            "host_data",
+            "id_key_digest",
+            "author_key_digest",
+            "min_tcb",
+            "vmpl",
+            "min_guest_svn",
+            "signing_key",
+            "allow_debug",
+            "allow_migrate_ma",
+        }
         unknown = sorted(set(data) - known)
         if unknown:
             raise PolicyError(f"sev-snp policy: unknown keys {unknown}; expected some of {sorted(known)}")
