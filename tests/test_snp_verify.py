@@ -418,3 +418,22 @@ def test_bad_policy_option_is_a_failed_check(milan):
     data, vcek = milan
     res = run(data, vcek=vcek, options={"policy": {"vmpl": "zero"}})
     assert "options" in failed(res)
+
+
+def test_v3_cpuid_of_another_product_contradicts_the_vcek(milan):
+    data, vcek = milan
+    raw = bytearray(data)
+    raw[report.VERSION] = 3
+    raw[report.CPUID_FAM_ID : report.CPUID_STEP + 1] = bytes([0x19, 0x11, 0x01])  # Genoa
+    res = run(bytes(raw), vcek=vcek)
+    assert {"product", "report_signature"} <= failed(res)
+    assert "report CPUID Genoa" in next(c.detail for c in res.checks if c.name == "product")
+
+
+@pytest.mark.parametrize("fill", [bytes(72), b"\xff" * 72])
+@pytest.mark.parametrize("offset", [report.SIGNATURE_R, report.SIGNATURE_S])
+def test_degenerate_signature_components_rejected(milan, fill, offset):
+    data, vcek = milan
+    raw = bytearray(data)
+    raw[offset : offset + 72] = fill
+    assert failed(run(bytes(raw), vcek=vcek)) == {"report_signature"}

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
@@ -289,7 +289,10 @@ def _cn(cert: x509.Certificate) -> str:
 def _chain_algorithms(st: _State) -> None:
     bad = []
     for cert in st.chain:
-        hash_alg = cert.signature_hash_algorithm
+        try:
+            hash_alg = cert.signature_hash_algorithm
+        except UnsupportedAlgorithm:
+            hash_alg = None
         if cert.signature_algorithm_oid != SignatureAlgorithmOID.RSASSA_PSS or not isinstance(
             hash_alg, hashes.SHA384
         ):
