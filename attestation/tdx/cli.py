@@ -45,7 +45,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
 
 
 def _read_quote(path: Path) -> bytes:
-    """Read at most one byte past the parser's limit, so an oversized file is rejected (exit 1), not slurped."""
+    """Read at most one byte past the parser's limit: an oversized file is rejected (exit 1) unread."""
     try:
         with path.open("rb") as f:
             return f.read(MAX_QUOTE_BYTES + 1)

@@ -390,7 +390,8 @@ def verify_signer(
         key.verify(encode_dss_signature(r, s), signed.body_bytes, ec.ECDSA(hashes.SHA256()))
     except InvalidSignature as exc:
         raise CollateralError(f"{what}: signature does not verify with the TCB Signing key") from exc
-    return f"signed by {TCB_SIGNING_CN} (valid until {leaf.not_valid_after_utc:%Y-%m-%d}), chain to Intel SGX Root CA"
+    until = f"{leaf.not_valid_after_utc:%Y-%m-%d}"
+    return f"signed by {TCB_SIGNING_CN} (valid until {until}), chain to Intel SGX Root CA"
 
 
 def freshness(issue: dt.datetime, next_update: dt.datetime, at: dt.datetime) -> tuple[bool, str]:

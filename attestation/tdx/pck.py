@@ -8,6 +8,7 @@ FMSPC, and refuse a certificate where any of them is missing, repeated or mis-si
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from asn1crypto import core
 from cryptography import x509
@@ -25,7 +26,7 @@ TCB_COMPONENTS = 16
 
 
 class _Entry(core.Sequence):
-    _fields = [("id", core.ObjectIdentifier), ("value", core.Any)]
+    _fields: ClassVar = [("id", core.ObjectIdentifier), ("value", core.Any)]
 
 
 class _Entries(core.SequenceOf):
@@ -62,7 +63,7 @@ def _get(entries: dict[str, core.Asn1Value], oid: str, spec: type[core.Asn1Value
     if oid not in entries:
         raise EvidenceFormatError(f"PCK certificate: {where} lacks {oid}")
     try:
-        return spec.load(entries[oid].dump(), strict=True).native
+        return entries[oid].parse(spec).native
     except (ValueError, TypeError) as exc:
         raise EvidenceFormatError(f"PCK certificate: {oid} is not a {spec.__name__}: {exc}") from exc
 

@@ -76,12 +76,13 @@ def check_module(info: TcbInfo, body: TdReportBody) -> TdxModule:
     module = _module_identity(info, body)
     if body.mrsignerseam != module.mrsigner:
         raise TcbEvaluationError(
-            f"MRSIGNERSEAM {body.mrsignerseam.hex()[:16]}… differs from {module.id} mrsigner {module.mrsigner.hex()[:16]}…"
+            f"MRSIGNERSEAM {body.mrsignerseam.hex()[:16]}… differs from "
+            f"{module.id} mrsigner {module.mrsigner.hex()[:16]}…"
         )
-    # SEAM attributes are carried little-endian in the report; the collateral is a byte string.
     if not _masked_equal(body.seam_attributes, module.attributes_mask, module.attributes):
         raise TcbEvaluationError(
-            f"SEAM attributes {body.seam_attributes.hex()} do not match {module.id} attributes {module.attributes.hex()}"
+            f"SEAM attributes {body.seam_attributes.hex()} do not match "
+            f"{module.id} attributes {module.attributes.hex()}"
         )
     return module
 

@@ -84,6 +84,18 @@ def _pck_chain_certs(q: quote.Quote) -> list[x509.Certificate]:
     return certs
 
 
+def _same_as_verified(embedded: list[x509.Certificate], verified: list[x509.Certificate]) -> None:
+    """Every embedded certificate must be one OpenSSL validated, including the root copy, which
+    path building would otherwise ignore in favour of the trusted root."""
+    der = serialization.Encoding.DER
+    if len(embedded) > len(verified) or any(
+        a.public_bytes(der) != b.public_bytes(der) for a, b in zip(embedded, verified, strict=False)
+    ):
+        raise EvidenceFormatError(
+            "PCK certificate chain: embedded certificates differ from the validated chain"
+        )
+
+
 def _cn(cert: x509.Certificate) -> str:
     names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     return str(names[0].value) if names else ""
@@ -138,7 +150,7 @@ class TdxVerifier:
                 same,
                 "matches the expected binding"
                 if same
-                else f"expected {expected_report_data.hex()[:32]}…, quote has {q.body.report_data.hex()[:32]}…",
+                else f"expected {expected_report_data.hex()[:32]}…, found {q.body.report_data.hex()[:32]}…",
             )
         _collateral_checks(run, q, leaf_ext)
         return run.result(q.body.report_data)
@@ -196,9 +208,10 @@ def _quote_checks(run: _Run, q: quote.Quote) -> pck.PckExtensions | None:
         checks.fail("pck_revocation", str(exc))
     try:
         certs = _pck_chain_certs(q)
-        verify_chain(
+        chain = verify_chain(
             certs[0], intermediates=certs[1:], roots=_roots(run.trust), at=run.at, crls=crls, crl_mode=mode
         )
+        _same_as_verified(certs, chain)
         if _cn(certs[0]) != PCK_LEAF_CN:
             raise EvidenceFormatError(
                 f"PCK certificate chain: leaf is {_cn(certs[0])!r}, expected {PCK_LEAF_CN!r}"
