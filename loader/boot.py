@@ -20,13 +20,14 @@ from cryptography.hazmat.primitives import serialization
 
 import loader
 from attestation import AttestationError, Attester, Evidence, attester_for, binding
+from attestation.rtmr import event_value
 from certs.selfissue import self_issue
 from loader.config import LoaderConfig
 from loader.decide import Measured, decide
 from loader.errors import InputError, PolicyError
 from loader.keys import EphemeralKey
 from loader.policy import ApprovedList, load_policy
-from loader.report import event_value, input_event, sign_report, utc_text
+from loader.report import input_event, sign_report, utc_text
 from loader.runner import StagedPaths, WorkloadResult, run_process
 from loader.spool import atomic_write, spool_report
 from loader.stage import Measurement, make_private_dir, stage_input, wipe

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from attestation import AttestationError, Evidence, Result, Trust, binding, verifier_for
+from attestation.rtmr import event_value
 from certs.chain import verify_chain
 from certs.errors import CertsError
 from certs.extensions import decode_evidence_extension
@@ -26,7 +27,7 @@ from loader import cose
 from loader.decide import Measured, decide
 from loader.errors import PolicyError, ReportError
 from loader.policy import parse_policy
-from loader.report import Report, event_value, input_event, parse_report
+from loader.report import Report, input_event, parse_report
 
 GPU_TYPES = ("nvidia", "mock-gpu")
 

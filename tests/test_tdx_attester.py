@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from attestation import attester_for
+from attestation import attester_for, rtmr
 from attestation.errors import AttesterFailure, AttesterUnavailable
-from attestation.tdx import quote, rtmr
+from attestation.tdx import quote
 from attestation.tdx.attester import MEASUREMENTS_DIR, TdxAttester
 from tests.fake_tsm import FakeTsmKernel
 from tests.tdx_helpers import NOW, check, failed, quote_bytes, verify

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from asn1crypto import core, x509
 
-from attestation.errors import EvidenceFormatError
+from attestation.errors import ASN1_PARSE_ERRORS, EvidenceFormatError
 from attestation.sevsnp import products
 from attestation.sevsnp.products import Product
 
@@ -60,7 +60,7 @@ def _cn(name: x509.Name) -> str:
 def _integer(raw: bytes, oid: str, what: str) -> int:
     try:
         value = core.Integer.load(raw, strict=True).native
-    except (ValueError, TypeError) as exc:
+    except ASN1_PARSE_ERRORS as exc:
         raise EvidenceFormatError(f"{what}: extension {oid} is not a DER INTEGER") from exc
     if not 0 <= value <= 0xFF:
         raise EvidenceFormatError(f"{what}: extension {oid} is {value}, expected an SPL 0..255")
@@ -70,7 +70,7 @@ def _integer(raw: bytes, oid: str, what: str) -> int:
 def _ia5(raw: bytes, oid: str, what: str) -> str:
     try:
         return str(core.IA5String.load(raw, strict=True).native)
-    except (ValueError, TypeError) as exc:
+    except ASN1_PARSE_ERRORS as exc:
         raise EvidenceFormatError(f"{what}: extension {oid} is not a DER IA5String") from exc
 
 
@@ -83,7 +83,7 @@ def parse(der: bytes, *, what: str = "VCEK") -> KeyCertInfo:
         tbs = cert["tbs_certificate"]
         subject_cn, issuer_cn = _cn(tbs["subject"]), _cn(tbs["issuer"])
         raw_exts = [(e["extn_id"].dotted, e["extn_value"].contents) for e in tbs["extensions"]]
-    except (ValueError, TypeError, KeyError) as exc:
+    except ASN1_PARSE_ERRORS as exc:
         raise EvidenceFormatError(f"{what}: not a DER X.509 certificate ({one_line(exc)})") from exc
     seen: set[str] = set()
     spls: dict[str, int] = {}

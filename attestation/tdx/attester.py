@@ -16,8 +16,8 @@ from pathlib import Path
 from attestation import tsm
 from attestation.errors import AttesterFailure, AttesterUnavailable, EvidenceFormatError
 from attestation.evidence import Evidence
+from attestation.rtmr import RTMR_LEN
 from attestation.tdx import quote
-from attestation.tdx.rtmr import RTMR_LEN
 
 PROVIDER = "tdx_guest"
 MEASUREMENTS_DIR = Path("sys/devices/virtual/misc/tdx_guest/measurements")

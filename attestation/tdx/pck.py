@@ -13,7 +13,7 @@ from typing import ClassVar
 from asn1crypto import core
 from cryptography import x509
 
-from attestation.errors import EvidenceFormatError
+from attestation.errors import ASN1_PARSE_ERRORS, EvidenceFormatError
 
 SGX_EXTENSIONS_OID = "1.2.840.113741.1.13.1"
 _PPID = SGX_EXTENSIONS_OID + ".1"
@@ -53,7 +53,7 @@ def _entries(der: bytes, where: str) -> dict[str, core.Asn1Value]:
                 raise EvidenceFormatError(f"PCK certificate: {where} repeats {oid}")
             out[oid] = entry["value"]
         return out
-    except (ValueError, TypeError) as exc:
+    except ASN1_PARSE_ERRORS as exc:
         raise EvidenceFormatError(
             f"PCK certificate: {where} is not a SEQUENCE of (OID, value): {exc}"
         ) from exc
@@ -64,7 +64,7 @@ def _get(entries: dict[str, core.Asn1Value], oid: str, spec: type[core.Asn1Value
         raise EvidenceFormatError(f"PCK certificate: {where} lacks {oid}")
     try:
         return entries[oid].parse(spec).native
-    except (ValueError, TypeError) as exc:
+    except ASN1_PARSE_ERRORS as exc:
         raise EvidenceFormatError(f"PCK certificate: {oid} is not a {spec.__name__}: {exc}") from exc
 
 
