@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from typing import ClassVar
 
 from asn1crypto import core, keys
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
@@ -29,13 +30,13 @@ MAX_CHAIN_CERTS = 8
 
 
 class _Fwid(core.Sequence):
-    _fields = [("hash_alg", core.ObjectIdentifier), ("digest", core.OctetString)]
+    _fields: ClassVar = [("hash_alg", core.ObjectIdentifier), ("digest", core.OctetString)]
 
 
 class _CompositeDeviceId(core.Sequence):
     """RIoT CompositeDeviceID ::= SEQUENCE { version INTEGER, deviceKey SubjectPublicKeyInfo, fwid FWID }."""
 
-    _fields = [("version", core.Integer), ("device_key", keys.PublicKeyInfo), ("fwid", _Fwid)]
+    _fields: ClassVar = [("version", core.Integer), ("device_key", keys.PublicKeyInfo), ("fwid", _Fwid)]
 
 
 def load_chain(pem: bytes) -> list[x509.Certificate]:
@@ -54,17 +55,28 @@ def _is_ca(cert: x509.Certificate) -> bool:
         return False
 
 
+def _identity(cert: x509.Certificate) -> tuple[bytes, bytes]:
+    """Subject and public key: what makes a self-signed root the same anchor."""
+    spki = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return cert.subject.public_bytes(), spki
+
+
 def check_chain(
     certs: Sequence[x509.Certificate], *, roots: Sequence[x509.Certificate], at: dt.datetime
 ) -> list[x509.Certificate]:
-    """Validate the full chain (leaf … root) at `at`; raises VerificationError or certs' ChainError."""
+    """Validate the full chain (leaf … root) at `at`; raises VerificationError or certs' ChainError.
+
+    The given root must be a trusted root (same subject and key); the path OpenSSL builds
+    from the trust store must run through exactly the given certificates, in order.
+    """
     if len(certs) < 2:
         raise VerificationError(
             f"expected a chain from the GPU leaf to the root, found {len(certs)} certificate"
         )
-    root_prints = {fingerprint(r) for r in roots}
     last = certs[-1]
-    if fingerprint(last) not in root_prints:
+    if _identity(last) not in {_identity(r) for r in roots}:
         raise VerificationError(
             f"the chain must end at the trusted root ({', '.join(describe(r) for r in roots)}); "
             f"it ends at {describe(last)}"
@@ -74,7 +86,7 @@ def check_chain(
             f"the first certificate must be the GPU's end-entity leaf; {describe(certs[0])} is a CA"
         )
     path = verify_chain(certs[0], intermediates=list(certs[1:-1]), roots=roots, at=at)
-    if [fingerprint(c) for c in path] != [fingerprint(c) for c in certs]:
+    if [fingerprint(c) for c in path[:-1]] != [fingerprint(c) for c in certs[:-1]]:
         raise VerificationError(
             f"the validated path ({len(path)} certificates) is not the given chain ({len(certs)}), "
             "certificates are missing, extra or out of order"
@@ -114,6 +126,7 @@ def leaf_fwid(leaf: x509.Certificate) -> bytes:
         raise EvidenceFormatError(f"FWID extension of {describe(leaf)} does not parse ({exc})") from exc
     if hash_alg != SHA384_OID or len(digest) != 48:
         raise EvidenceFormatError(
-            f"FWID extension of {describe(leaf)}: expected a SHA-384 digest, found {hash_alg} ({len(digest)} bytes)"
+            f"FWID extension of {describe(leaf)}: expected a SHA-384 digest, "
+            f"found {hash_alg} ({len(digest)} bytes)"
         )
     return bytes(digest)

@@ -154,7 +154,8 @@ def parse(data: bytes) -> Report:
     response = _parse_response(raw[REQUEST_LEN:])
     if response.version != request.version:
         raise EvidenceFormatError(
-            f"response: SPDMVersion 0x{response.version:02x} differs from the request's 0x{request.version:02x}"
+            f"response: SPDMVersion 0x{response.version:02x} differs from "
+            f"the request's 0x{request.version:02x}"
         )
     return Report(raw, request, response)
 

@@ -207,7 +207,8 @@ def _check_fwid(report: spdm.Report, leaf: x509.Certificate, checks: ChecksBuild
     else:
         checks.fail(
             "fwid",
-            f"leaf certificate FWID {cert_fwid.hex()[:16]}… differs from the report's {report_fwid.hex()[:16]}…",
+            f"leaf certificate FWID {cert_fwid.hex()[:16]}… differs from "
+            f"the report's {report_fwid.hex()[:16]}…",
         )
 
 
