@@ -37,7 +37,7 @@ PARAM1_SIGNATURE_REQUESTED = 0x01
 PARAM2_ALL_MEASUREMENTS = 0xFF
 DMTF_SPEC = 0x01
 MAX_REPORT_BYTES = 0x2000  # NVML's NVML_CC_GPU_ATTESTATION_REPORT_SIZE
-_HEX_TEXT = re.compile(rb"\s*([0-9A-Fa-f\s]+?)\s*")
+_HEX_TEXT = re.compile(rb"[0-9A-Fa-f\s]+")
 
 
 @dataclass(frozen=True)
@@ -128,18 +128,18 @@ class _Reader:
 
 
 def decode_text_or_raw(data: bytes) -> bytes:
-    """Raw report bytes from either raw binary or hex text (whitespace around and inside allowed)."""
-    if data[:2] == bytes([SPDM_VERSION_1_1, GET_MEASUREMENTS]):
-        raw = data
-    elif _HEX_TEXT.fullmatch(data):
+    """Raw report bytes from hex text (whitespace allowed anywhere) or raw binary.
+
+    Input made only of hex digits and whitespace is hex text; anything else is taken as raw
+    (a raw report starts with 0x11, not a hex digit, so the two never overlap).
+    """
+    if data and _HEX_TEXT.fullmatch(data):
         digits = re.sub(rb"\s+", b"", data)
         if len(digits) % 2:
             raise EvidenceFormatError(f"report: hex text has an odd number of digits ({len(digits)})")
         raw = bytes.fromhex(digits.decode("ascii"))
     else:
-        raise EvidenceFormatError(
-            f"report: expected raw SPDM bytes starting 11 e0 or hex text, found {data[:8].hex() or 'nothing'}"
-        )
+        raw = data
     if len(raw) > MAX_REPORT_BYTES:
         raise EvidenceFormatError(f"report: {len(raw)} bytes, more than the {MAX_REPORT_BYTES} allowed")
     return raw
