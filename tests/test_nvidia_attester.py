@@ -15,10 +15,10 @@ from attestation.nvidia import spdm
 from attestation.nvidia.attester import NvidiaAttester
 from attestation.nvidia.mockgpu import MockGpu, MockGpuAttester
 from tests.fake_nvml import mock_nvml, vector_nvml
-from tests.nvidia_helpers import CHAIN, NOW, REPORT_NONCE, vectors  # noqa: F401
+from tests.nvidia_helpers import CHAIN, NOW, REPORT_NONCE
 
 
-def test_real_gpu_evidence_is_collected_and_verifies(vectors):  # noqa: F811
+def test_real_gpu_evidence_is_collected_and_verifies(vectors):
     nvml = vector_nvml(vectors, count=2)
     evidence = NvidiaAttester(nvml=nvml).collect_all(REPORT_NONCE)
     assert [e.type for e in evidence] == ["nvidia", "nvidia"]
@@ -30,19 +30,19 @@ def test_real_gpu_evidence_is_collected_and_verifies(vectors):  # noqa: F811
         assert result.ok, result.reason()
 
 
-def test_a_report_for_another_nonce_is_refused_by_the_attester(vectors):  # noqa: F811
+def test_a_report_for_another_nonce_is_refused_by_the_attester(vectors):
     with pytest.raises(AttesterFailure, match=f"carries nonce {REPORT_NONCE.hex()}, expected {'00' * 32}"):
         NvidiaAttester(nvml=vector_nvml(vectors)).collect_all(bytes(32))
 
 
-def test_cc_mode_off_is_unavailable_and_devtools_is_refused(vectors):  # noqa: F811
+def test_cc_mode_off_is_unavailable_and_devtools_is_refused(vectors):
     with pytest.raises(AttesterUnavailable, match="not enabled"):
         NvidiaAttester(nvml=vector_nvml(vectors, cc_enabled=False)).collect_all(REPORT_NONCE)
     with pytest.raises(AttesterFailure, match="dev-tools"):
         NvidiaAttester(nvml=vector_nvml(vectors, devtools=True)).collect_all(REPORT_NONCE)
 
 
-def test_nvml_errors_become_attestation_errors(vectors):  # noqa: F811
+def test_nvml_errors_become_attestation_errors(vectors):
     with pytest.raises(AttesterUnavailable, match=r"NVML initialisation failed.*DRIVER_NOT_LOADED"):
         NvidiaAttester(nvml=vector_nvml(vectors, fail_init=True)).collect_all(REPORT_NONCE)
     nvml = vector_nvml(vectors, fail_report=True)
@@ -51,7 +51,7 @@ def test_nvml_errors_become_attestation_errors(vectors):  # noqa: F811
     assert nvml.initialised == 0
 
 
-def test_malformed_report_or_chain_from_nvml_is_refused(vectors):  # noqa: F811
+def test_malformed_report_or_chain_from_nvml_is_refused(vectors):
     nvml = vector_nvml(vectors)
     nvml.devices[0].report_text = nvml.devices[0].report_text[:-20]
     with pytest.raises(AttesterFailure, match="malformed attestation report"):
@@ -77,7 +77,7 @@ def test_without_nvidia_ml_py_the_attester_is_unavailable(monkeypatch):
         NvidiaAttester().collect_all(bytes(32))
 
 
-def test_set_ready_tells_nvml(vectors):  # noqa: F811
+def test_set_ready_tells_nvml(vectors):
     nvml = vector_nvml(vectors)
     NvidiaAttester(nvml=nvml).set_ready()
     assert nvml.ready_state == 1 and nvml.initialised == 0

@@ -29,12 +29,11 @@ from tests.nvidia_helpers import (
     VBIOS_RIM,
     VBIOS_RIM_TEST,
     real_evidence,
-    vectors,  # noqa: F401
 )
 
 
 @pytest.fixture(scope="module")
-def vbios_rim(vectors):  # noqa: F811
+def vbios_rim(vectors):
     return (vectors / VBIOS_RIM).read_bytes()
 
 
@@ -46,7 +45,7 @@ def vbios_rim(vectors):  # noqa: F811
         (DRIVER_RIM_TEST, "driver", "545.00", 21, dt.date(2025, 6, 26)),
     ],
 )
-def test_real_rims_parse_and_their_signatures_verify(vectors, name, kind, version, active, signer_expiry):  # noqa: F811
+def test_real_rims_parse_and_their_signatures_verify(vectors, name, kind, version, active, signer_expiry):
     data = (vectors / name).read_bytes()
     parsed = rim.verify_signature(data)
     assert (parsed.kind, parsed.version, parsed.name) == (kind, version, "GH100")
@@ -68,7 +67,7 @@ def test_real_rims_parse_and_their_signatures_verify(vectors, name, kind, versio
         rim.verify_signing_chain(parsed, roots=rim_roots(), at=NOW)
 
 
-def test_vbios_rim_reference_value_matches_the_report_at_index_3(vectors, vbios_rim):  # noqa: F811
+def test_vbios_rim_reference_value_matches_the_report_at_index_3(vectors, vbios_rim):
     ref = rim.parse(vbios_rim).measurements[3]
     block = spdm.parse(real_evidence(vectors).data).response.measurement(4)
     assert block.value in ref.alternatives  # RIM index 3 ↔ SPDM block 4 (0- vs 1-based)
@@ -115,7 +114,7 @@ def rim_checks(result):
     return {c.name: (c.passed, c.detail) for c in result.checks if c.name.startswith("rim")}
 
 
-def test_real_rims_at_now_fail_on_expired_signers_and_say_so(vectors):  # noqa: F811
+def test_real_rims_at_now_fail_on_expired_signers_and_say_so(vectors):
     trust = Trust(
         collateral={
             "rim:vbios": (vectors / VBIOS_RIM).read_bytes(),
@@ -136,7 +135,7 @@ def test_real_rims_at_now_fail_on_expired_signers_and_say_so(vectors):  # noqa: 
     assert all(c.passed for c in result.checks if not c.name.startswith("rim"))
 
 
-def test_real_rims_at_a_pinned_time_verify_but_do_not_describe_this_gpu(vectors):  # noqa: F811
+def test_real_rims_at_a_pinned_time_verify_but_do_not_describe_this_gpu(vectors):
     trust = Trust(collateral={"rim:vbios": (vectors / VBIOS_RIM).read_bytes()})
     result = NvidiaVerifier().verify(
         real_evidence(vectors), expected_report_data=REPORT_NONCE, trust=trust, at=RIM_VALID
@@ -220,11 +219,11 @@ def make_rim(pki, version: str, refs: dict[int, list[bytes]], total: int = 64) -
 
 
 @pytest.fixture(scope="module")
-def report(vectors):  # noqa: F811
+def report(vectors):
     return spdm.parse(real_evidence(vectors).data)
 
 
-def verify_with(vectors, pki, rims: dict[str, bytes], **options):  # noqa: F811
+def verify_with(vectors, pki, rims: dict[str, bytes], **options):
     trust = Trust(
         roots={"nvidia-rim": pki[0].public_bytes(serialization.Encoding.PEM)},
         collateral={f"rim:{k}": v for k, v in rims.items()},
@@ -239,7 +238,7 @@ def _values(report, indices):
     return {i: [report.response.measurement(i + 1).value] for i in indices}
 
 
-def test_matching_driver_and_vbios_rims_pass(vectors, test_rim_pki, report):  # noqa: F811
+def test_matching_driver_and_vbios_rims_pass(vectors, test_rim_pki, report):
     vbios = make_rim(test_rim_pki, "96.00.9F.00.01", _values(report, range(0, 16)))
     driver_refs = _values(report, range(16, 40))
     driver_refs[20] = [bytes.fromhex("11" * 48), *driver_refs[20]]  # a second alternative
@@ -253,7 +252,7 @@ def test_matching_driver_and_vbios_rims_pass(vectors, test_rim_pki, report):  # 
     assert result.claims["rim_status"] == "matched"
 
 
-def test_a_differing_measurement_is_named(vectors, test_rim_pki, report):  # noqa: F811
+def test_a_differing_measurement_is_named(vectors, test_rim_pki, report):
     refs = _values(report, range(0, 16))
     refs[5] = [bytes(48)]
     vbios = make_rim(test_rim_pki, "96.00.9F.00.01", refs)
@@ -264,7 +263,7 @@ def test_a_differing_measurement_is_named(vectors, test_rim_pki, report):  # noq
     assert not passed and detail.startswith("VBIOS RIM 96.00.9F.00.01: measurements differ at index 5 (")
 
 
-def test_a_reference_for_a_missing_block_fails(vectors, test_rim_pki, report):  # noqa: F811
+def test_a_reference_for_a_missing_block_fails(vectors, test_rim_pki, report):
     refs = _values(report, range(0, 4))
     refs[64] = [bytes(48)]  # block 65 does not exist in the report
     vbios = make_rim(test_rim_pki, "96.00.9F.00.01", refs, total=65)
@@ -272,7 +271,7 @@ def test_a_reference_for_a_missing_block_fails(vectors, test_rim_pki, report):  
     assert "64 (absent from the report)" in rim_checks(result)["rim_vbios"][1]
 
 
-def test_overlapping_rims_are_rejected(vectors, test_rim_pki, report):  # noqa: F811
+def test_overlapping_rims_are_rejected(vectors, test_rim_pki, report):
     vbios = make_rim(test_rim_pki, "96.00.9F.00.01", _values(report, range(0, 16)))
     driver = make_rim(test_rim_pki, "550.90.07", _values(report, range(10, 20)))
     result = verify_with(vectors, test_rim_pki, {"a": vbios, "b": driver})
@@ -282,7 +281,7 @@ def test_overlapping_rims_are_rejected(vectors, test_rim_pki, report):  # noqa: 
     )
 
 
-def test_rim_signed_outside_the_trusted_root_is_not_used(vectors, test_rim_pki, report):  # noqa: F811
+def test_rim_signed_outside_the_trusted_root_is_not_used(vectors, test_rim_pki, report):
     vbios = make_rim(test_rim_pki, "96.00.9F.00.01", _values(report, range(0, 16)))
     trust = Trust(collateral={"rim:a": vbios})  # bundled NVIDIA RIM root
     result = NvidiaVerifier().verify(
@@ -293,7 +292,7 @@ def test_rim_signed_outside_the_trusted_root_is_not_used(vectors, test_rim_pki, 
     assert checks["rim_vbios"][0] is False
 
 
-def test_require_rims_fails_when_none_are_given(vectors, test_rim_pki):  # noqa: F811
+def test_require_rims_fails_when_none_are_given(vectors, test_rim_pki):
     result = verify_with(vectors, test_rim_pki, {}, require_rims=True)
     checks = rim_checks(result)
     assert checks["rim_driver"][0] is False and checks["rim_vbios"][0] is False

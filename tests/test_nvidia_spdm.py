@@ -11,11 +11,11 @@ from hypothesis import strategies as st
 
 from attestation.errors import EvidenceFormatError
 from attestation.nvidia import opaque, spdm
-from tests.nvidia_helpers import REPORT, REPORT_NONCE, vectors  # noqa: F401
+from tests.nvidia_helpers import REPORT, REPORT_NONCE
 
 
 @pytest.fixture(scope="module")
-def report_text(vectors):  # noqa: F811
+def report_text(vectors):
     return (vectors / REPORT).read_bytes()
 
 

@@ -19,26 +19,18 @@ from attestation.evidence import Evidence, Trust
 from attestation.nvidia import device, spdm
 from attestation.nvidia.verifier import NvidiaVerifier, device_roots, rim_roots
 from certs.chain import fingerprint, load_certificates
-from tests.nvidia_helpers import (
-    CHAIN,
-    NOW,
-    REPO,
-    REPORT,
-    REPORT_NONCE,
-    real_evidence,
-    vectors,  # noqa: F401
-)
+from tests.nvidia_helpers import CHAIN, NOW, REPO, REPORT, REPORT_NONCE, real_evidence
 
 CHECKS = ["format", "request", "chain", "signature", "fwid", "nonce"]
 
 
 @pytest.fixture(scope="module")
-def evidence(vectors):  # noqa: F811
+def evidence(vectors):
     return real_evidence(vectors)
 
 
 @pytest.fixture(scope="module")
-def chain_certs(vectors):  # noqa: F811
+def chain_certs(vectors):
     return load_certificates((vectors / CHAIN).read_bytes())
 
 
@@ -211,7 +203,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_cli_verifies_the_real_report(vectors):  # noqa: F811
+def test_cli_verifies_the_real_report(vectors):
     proc = run_cli(
         str(vectors / REPORT), "--chain", str(vectors / CHAIN), "--nonce", REPORT_NONCE.hex(), "--json"
     )
@@ -231,7 +223,7 @@ def test_cli_verifies_the_real_report(vectors):  # noqa: F811
         ("no leaf", lambda c: c[1:], "is a CA"),
     ],
 )
-def test_cli_rejects_incomplete_chains(vectors, chain_certs, tmp_path, case, pick, reason):  # noqa: F811
+def test_cli_rejects_incomplete_chains(vectors, chain_certs, tmp_path, case, pick, reason):
     chain = tmp_path / "chain.pem"
     chain.write_bytes(pem(pick(chain_certs)))
     proc = run_cli(str(vectors / REPORT), "--chain", str(chain), "--nonce", REPORT_NONCE.hex())
@@ -239,14 +231,14 @@ def test_cli_rejects_incomplete_chains(vectors, chain_certs, tmp_path, case, pic
     assert "rejected: nvidia: chain:" in proc.stderr and reason in proc.stderr
 
 
-def test_cli_rejects_a_wrong_nonce(vectors):  # noqa: F811
+def test_cli_rejects_a_wrong_nonce(vectors):
     proc = run_cli(str(vectors / REPORT), "--chain", str(vectors / CHAIN), "--nonce", "ab" * 32)
     assert proc.returncode == 1
     assert "rejected: nvidia: nonce: expected abab" in proc.stderr
 
 
 @pytest.mark.parametrize("pos", [0, 3, 36, 40, 1000, 4000, 4020, 4116])
-def test_cli_rejects_flipped_bits(vectors, tmp_path, pos):  # noqa: F811
+def test_cli_rejects_flipped_bits(vectors, tmp_path, pos):
     raw = bytearray(spdm.parse((vectors / REPORT).read_bytes()).raw)
     raw[pos] ^= 0x10
     report = tmp_path / "report.bin"
@@ -259,7 +251,7 @@ def test_cli_rejects_flipped_bits(vectors, tmp_path, pos):  # noqa: F811
     assert "rejected:" in proc.stderr
 
 
-def test_cli_usage_and_io_errors_exit_2(vectors, tmp_path):  # noqa: F811
+def test_cli_usage_and_io_errors_exit_2(vectors, tmp_path):
     assert run_cli(str(vectors / REPORT)).returncode == 2  # --chain missing
     missing = run_cli(str(tmp_path / "nope"), "--chain", str(vectors / CHAIN))
     assert missing.returncode == 2 and "cannot read report" in missing.stderr
@@ -267,7 +259,7 @@ def test_cli_usage_and_io_errors_exit_2(vectors, tmp_path):  # noqa: F811
     assert run_cli(str(vectors / REPORT), "--chain", str(vectors / CHAIN), "--nonce", "00").returncode == 2
 
 
-def test_cli_bad_chain_file_is_a_rejection_not_a_traceback(vectors, tmp_path):  # noqa: F811
+def test_cli_bad_chain_file_is_a_rejection_not_a_traceback(vectors, tmp_path):
     chain = tmp_path / "chain.pem"
     chain.write_bytes(b"-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
     proc = run_cli(str(vectors / REPORT), "--chain", str(chain), "--nonce", REPORT_NONCE.hex())
