@@ -94,6 +94,9 @@ def test_missing_nonce_fails_closed(evidence):
     result = verify(evidence, nonce=None)
     assert list(failed(result)) == ["nonce"]
     assert verify(evidence, nonce=None, trust=Trust(options={"nonce": REPORT_NONCE.hex()})).ok
+    for bad in ("zz", 42):
+        result = verify(evidence, nonce=None, trust=Trust(options={"nonce": bad}))
+        assert list(failed(result)) == ["nonce"] and "no usable expected nonce" in failed(result)["nonce"]
 
 
 def _with_chain(evidence, certs):

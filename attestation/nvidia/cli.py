@@ -43,8 +43,8 @@ def _run(args: argparse.Namespace) -> int:
     data = read_file(args.report, "report", limit=64 * 1024)
     chain = read_file(args.chain, "certificate chain", limit=256 * 1024)
     collateral = {"chain": chain}
-    for i, path in enumerate(args.rim):
-        label = f"{i}:{path.name}"
+    for i, path in enumerate(args.rim, start=1):
+        label = path.name if f"{RIM_PREFIX}{path.name}" not in collateral else f"{path.name}#{i}"
         collateral[f"{RIM_PREFIX}{label}"] = read_file(path, "RIM", limit=1 << 20)
     roots = {}
     if args.device_root:

@@ -62,13 +62,17 @@ class _Run:
     advisories: list[str] = field(default_factory=list)
 
 
-def _expected_nonce(expected: bytes | None, trust: Trust) -> bytes | None:
+def _expected_nonce(expected: bytes | None, trust: Trust) -> bytes | str | None:
+    """The expected nonce, or a one-line error text when Trust.options["nonce"] is unusable."""
     if expected is not None:
         return expected
     option = trust.options.get("nonce")
-    if isinstance(option, str):
-        return bytes.fromhex(option)
-    return option if isinstance(option, bytes) else None
+    if option is None or isinstance(option, bytes):
+        return option
+    try:
+        return bytes.fromhex(option) if isinstance(option, str) else f"options.nonce: {option!r}"
+    except ValueError:
+        return f"options.nonce is not hex: {option!r}"
 
 
 def verify_gpu_report(
@@ -212,9 +216,11 @@ def _check_fwid(report: spdm.Report, leaf: x509.Certificate, checks: ChecksBuild
         )
 
 
-def _check_nonce(report: spdm.Report, expected: bytes | None, checks: ChecksBuilder) -> None:
+def _check_nonce(report: spdm.Report, expected: bytes | str | None, checks: ChecksBuilder) -> None:
     found = report.request.nonce
-    if expected is None:
+    if isinstance(expected, str):
+        checks.fail("nonce", f"no usable expected nonce ({expected})")
+    elif expected is None:
         checks.fail(
             "nonce", f"no expected nonce given; the report's is {found.hex()}: freshness is not established"
         )
