@@ -63,6 +63,8 @@ def test_replay_then_tamper_then_run_aborts(tmp_path: Path) -> None:
         "replay", report, "--input", f"dataset:lab={lab}", "--input", f"engine={workdir / 'inputs/engine'}"
     )
     assert good.returncode == 0, good.stderr
+    again = cli("run", "--config", workdir / "loader.toml")
+    assert again.returncode == 0, again.stderr
 
     csv = lab / "measurements.csv"
     data = bytearray(csv.read_bytes())
@@ -169,6 +171,16 @@ def test_unknown_policy_field_aborts_naming_field(demo_dir: Path) -> None:
     res = cli("run", "--config", demo_dir / "loader.toml")
     assert res.returncode == EXIT_ABORTED
     assert "approved.json: unknown field 'allow_everything'" in res.stderr
+
+
+def test_unusable_staging_dir_still_gives_signed_abort(demo_dir: Path) -> None:
+    cfg = demo_dir / "loader.toml"
+    (demo_dir / "blocker").write_text("a file where the staging directory should be")
+    cfg.write_text(cfg.read_text().replace('staging_dir = "staging"', 'staging_dir = "blocker/staging"'))
+    outcome = boot(load_config(cfg))
+    assert outcome.exit_code == EXIT_ABORTED
+    assert outcome.reasons[0].startswith("staging: ")
+    assert verify_report(outcome.report, allow_mock=True).ok
 
 
 def test_unreadable_config_is_a_usage_error(tmp_path: Path) -> None:
