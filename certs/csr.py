@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from asn1crypto import csr as asn1_csr
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
@@ -40,8 +42,9 @@ def parse_csr(data: bytes) -> ParsedCsr:
         else:
             csr = x509.load_der_x509_csr(data)
         key = csr.public_key()
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, x509.InvalidVersion, UnsupportedAlgorithm) as exc:
         raise CsrError(f"csr: not a PKCS#10 request in PEM or DER ({exc})") from exc
+    _require_plain_signature_bits(csr.public_bytes(serialization.Encoding.DER))
     if isinstance(key, ec.EllipticCurvePublicKey):
         if not isinstance(key.curve, _CURVES):
             raise CsrError(f"csr: EC curve {key.curve.name} not accepted; expected P-256, P-384 or P-521")
@@ -55,6 +58,21 @@ def parse_csr(data: bytes) -> ParsedCsr:
         raise CsrError("csr: signature does not verify with the request's own public key")
     spki = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return ParsedCsr(csr=csr, public_key=key, spki_der=spki)
+
+
+def _require_plain_signature_bits(der: bytes) -> None:
+    """Refuse a signature BIT STRING with unused bits (DER allows none for signatures).
+
+    OpenSSL ignores the count, so without this check the request has malleable encodings that
+    all "verify"; harmless for the key, but a strict parser accepts exactly one encoding.
+    """
+    try:
+        signature = asn1_csr.CertificationRequest.load(der, strict=True)["signature"]
+        unused = signature.contents[0] if signature.contents else 1
+    except (ValueError, TypeError) as exc:
+        raise CsrError(f"csr: not DER ({exc})") from exc
+    if unused != 0:
+        raise CsrError(f"csr: signature BIT STRING declares {unused} unused bits, expected 0")
 
 
 def build_csr(private_key: ec.EllipticCurvePrivateKey, common_name: str = "trusted-loader CVM") -> bytes:

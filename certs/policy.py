@@ -147,6 +147,16 @@ def parse_policy(doc: Mapping[str, Any], *, base: Path, digest: str, src: Path |
     p = _Reader(str(src))
     p.keys(doc, _TOP, "")
     iss = p.table(doc, "issuance", _ISSUANCE)
+    issuance = {
+        "validity_seconds": p.bounded(iss, "validity_seconds", 60, 90 * 86400, 3600),
+        "serial_bits": p.bounded(iss, "serial_bits", 64, 159, 128),
+        "nonce_ttl_seconds": p.bounded(iss, "nonce_ttl_seconds", 5, 3600, 120),
+        "max_request_bytes": p.bounded(iss, "max_request_bytes", 16 << 10, 64 << 20, 4 << 20),
+    }
+    prefix = p.typed(iss, "subject_prefix", str, "issuance", "trusted-loader CVM")
+    if not 0 < len(prefix) <= 30:
+        raise PolicyError(f"{src}: issuance.subject_prefix: expected 1..30 characters, found {len(prefix)}")
+    issuance["subject_prefix"] = prefix
     att = p.table(doc, "attestation", _ATTESTATION)
     allow_mock = p.typed(att, "allow_mock", bool, "attestation", False)
     allowed = frozenset(p.names(att, "allowed_types", "attestation"))
@@ -159,9 +169,6 @@ def parse_policy(doc: Mapping[str, Any], *, base: Path, digest: str, src: Path |
         raise PolicyError(f"{src}: attestation.allowed_types lists a mock type but allow_mock is false")
     if not allowed - GPU_TYPES:
         raise PolicyError(f"{src}: attestation.allowed_types: expected at least one CPU TEE type")
-    prefix = p.typed(iss, "subject_prefix", str, "issuance", "trusted-loader CVM")
-    if not 0 < len(prefix) <= 30:
-        raise PolicyError(f"{src}: issuance.subject_prefix: expected 1..30 characters, found {len(prefix)}")
     tees_doc = p.typed(doc, "tee", dict, "", {})
     p.keys(tees_doc, allowed, "tee")
     missing = sorted(allowed - set(tees_doc))
@@ -172,13 +179,9 @@ def parse_policy(doc: Mapping[str, Any], *, base: Path, digest: str, src: Path |
         allow_mock=allow_mock,
         allowed_types=allowed,
         required_types=required,
-        validity_seconds=p.bounded(iss, "validity_seconds", 60, 90 * 86400, 3600),
-        serial_bits=p.bounded(iss, "serial_bits", 64, 159, 128),
-        nonce_ttl_seconds=p.bounded(iss, "nonce_ttl_seconds", 5, 3600, 120),
-        max_request_bytes=p.bounded(iss, "max_request_bytes", 16 << 10, 64 << 20, 4 << 20),
-        subject_prefix=prefix,
         tee=tees,
         digest=digest,
+        **issuance,
     )
 
 
