@@ -1,0 +1,180 @@
+"""The loader configuration: one TOML file, validated at start.
+
+Relative paths are resolved against the directory of the configuration file, so a job
+directory can be moved as a whole. Unknown keys are errors that name the key.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from loader.errors import ConfigError
+from loader.policy import valid_name
+from loader.stage import InputSpec
+
+MAX_CONFIG_BYTES = 256 * 1024
+DEFAULT_TIMEOUT = 3600
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    command: tuple[str, ...]
+    timeout: float
+    env: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    path: Path
+    tee: str
+    tee_root: Path
+    job_id: str
+    policy_path: Path
+    inputs: tuple[InputSpec, ...]
+    staging_dir: Path
+    spool_dir: Path
+    output_dir: Path
+    run: RunSettings
+    ca_url: str | None
+
+
+class _Section:
+    """Typed access to one TOML table that remembers which keys were read."""
+
+    def __init__(self, data: dict[str, Any], where: str, source: Path) -> None:
+        self.data, self.where, self.source = data, where, source
+        self.used: set[str] = set()
+
+    def _key(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def error(self, key: str, message: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {self._key(key)}: {message}")
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
+        self.used.add(key)
+        if key not in self.data:
+            if default is ...:
+                raise self.error(key, "missing (required)")
+            return default
+        value = self.data[key]
+        if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _as_tuple(kind)):
+            raise self.error(key, f"expected {_kind_name(kind)}, found {value!r}")
+        return value
+
+    def table(self, key: str, required: bool = False) -> _Section:
+        value = self.get(key, dict, ... if required else {})
+        return _Section(value, self._key(key), self.source)
+
+    def path(self, key: str, base: Path, default: str | None = None) -> Path:
+        value = self.get(key, str, ... if default is None else default)
+        if not value:
+            raise self.error(key, "expected a path, found an empty string")
+        return (base / value).resolve() if not Path(value).is_absolute() else Path(value)
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            raise self.error(unknown[0], f"unknown key; expected one of {sorted(self.used)}")
+
+
+def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    names = {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "true or false",
+        dict: "a table",
+        list: "a list",
+    }
+    return " or ".join(names.get(k, k.__name__) for k in _as_tuple(kind))
+
+
+def load_config(path: Path, *, ca_url: str | None = None) -> LoaderConfig:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read loader config: {exc.strerror}") from exc
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    return _parse(data, path.resolve(), ca_url)
+
+
+def _parse(data: dict[str, Any], source: Path, ca_url: str | None) -> LoaderConfig:
+    from attestation import TEE_TYPES
+
+    base = source.parent
+    top = _Section(data, "", source)
+    tee = top.get("tee", str)
+    if tee not in TEE_TYPES:
+        raise top.error("tee", f"expected one of {list(TEE_TYPES)}, found {tee!r}")
+    job_id = top.get("job_id", str, "")
+    if job_id and not valid_name(job_id):
+        raise top.error("job_id", f"expected 1-64 of [A-Za-z0-9._-], found {job_id!r}")
+    policy = top.table("policy", required=True)
+    policy_path = policy.path("path", base)
+    policy.finish()
+    inputs = _inputs(top.table("inputs", required=True), base)
+    run = _run(top.table("run", required=True))
+    attestation = top.table("attestation")
+    tee_root = attestation.path("root", base, "/")
+    attestation.finish()
+    ca = top.table("ca")
+    url = ca_url or ca.get("url", str, None)
+    ca.finish()
+    cfg = LoaderConfig(
+        path=source,
+        tee=tee,
+        tee_root=tee_root,
+        job_id=job_id,
+        policy_path=policy_path,
+        inputs=inputs,
+        staging_dir=top.path("staging_dir", base, "staging"),
+        spool_dir=top.path("spool_dir", base, "spool"),
+        output_dir=top.path("output_dir", base, "output"),
+        run=run,
+        ca_url=url,
+    )
+    top.finish()
+    return cfg
+
+
+def _inputs(section: _Section, base: Path) -> tuple[InputSpec, ...]:
+    specs = [InputSpec("engine", "engine", section.path("engine", base))]
+    datasets = section.table("datasets")
+    for name in sorted(datasets.data):
+        if not valid_name(name):
+            raise datasets.error(name, "dataset names are 1-64 of [A-Za-z0-9._-]")
+        specs.append(InputSpec("dataset", name, datasets.path(name, base)))
+    datasets.finish()
+    if "config" in section.data:
+        specs.append(InputSpec("config", "config", section.path("config", base)))
+    section.finish()
+    return tuple(specs)
+
+
+def _run(section: _Section) -> RunSettings:
+    command = section.get("command", list)
+    if not command or not all(isinstance(a, str) for a in command):
+        raise section.error("command", "expected a non-empty list of strings")
+    timeout = section.get("timeout", (int, float), DEFAULT_TIMEOUT)
+    if not 0 < timeout <= 7 * 86400:
+        raise section.error("timeout", f"expected seconds between 0 and 604800, found {timeout}")
+    env = section.get("env", dict, {})
+    for key, value in env.items():
+        if not isinstance(value, str):
+            raise section.error(f"env.{key}", f"expected a string, found {value!r}")
+    section.finish()
+    return RunSettings(tuple(command), float(timeout), tuple(sorted(env.items())))

@@ -1,0 +1,158 @@
+"""The integrity report: a COSE_Sign1 over a deterministic CBOR map, signed by the ephemeral key.
+
+Payload fields (all keys text, no floats, times as RFC 3339 UTC strings):
+  format     "trusted-loader/report/v1"
+  loader     {name, version}
+  job        {id, order}
+  tee        configured TEE type
+  key        {alg: "ES384", spki: bstr}          the signer; equals the x5chain leaf's key
+  nonce      bstr(32)                            freshness, bound into report_data
+  evidence   [{type, data, aux}]                 CPU evidence first, then GPUs
+  policy     {digest, document: bstr}            the approved list, byte for byte
+  inputs     [{role, name, kind, digest, size, files, expected, ms}]
+  events     [{register, event, value: bstr(48)}]  runtime-register extensions, in order
+  decision   {verdict: "run"|"abort", reasons: [text]}
+  workload   null | {exit_code, timed_out, ms, error, output}
+  hashing    {bytes, ms, rate}                   rate in bytes per second
+  wipe       null | {files, overwritten}
+  timestamps {started, measured, decided, finished}
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import cbor2
+from cryptography import x509
+
+from loader import cose
+from loader.errors import ReportError
+
+FORMAT = "trusted-loader/report/v1"
+CONTENT_TYPE = "application/vnd.trusted-loader.report+cbor"
+EVENT_TAG = b"trusted-loader/event/v1\x00"
+
+
+def event_value(event: str) -> bytes:
+    """The 48 bytes extended into the runtime register for one event string."""
+    return hashlib.sha384(EVENT_TAG + event.encode("utf-8")).digest()
+
+
+def input_event(role: str, name: str, digest: str) -> str:
+    return f"{role}:{name}={digest}"
+
+
+def utc_text(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_utc(text: str) -> dt.datetime:
+    return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC)
+
+
+def sign_report(payload: dict[str, Any], *, x5chain: list[bytes], sign: Callable[[bytes], bytes]) -> bytes:
+    body = cbor2.dumps(payload, canonical=True)
+    return cose.encode_sign1(body, x5chain=x5chain, content_type=CONTENT_TYPE, sign=sign)
+
+
+_TEXT, _BYTES, _INT, _BOOL, _LIST, _MAP = str, bytes, int, bool, list, dict
+_SCHEMA: dict[str, Any] = {
+    "format": _TEXT,
+    "loader": {"name": _TEXT, "version": _TEXT},
+    "job": {"id": _TEXT, "order": _TEXT},
+    "tee": _TEXT,
+    "key": {"alg": _TEXT, "spki": _BYTES},
+    "nonce": _BYTES,
+    "evidence": _LIST,
+    "policy": {"digest": _TEXT, "document": _BYTES},
+    "inputs": _LIST,
+    "events": _LIST,
+    "decision": {"verdict": _TEXT, "reasons": _LIST},
+    "workload": (type(None), _MAP),
+    "hashing": {"bytes": _INT, "ms": _INT, "rate": _INT},
+    "wipe": (type(None), _MAP),
+    "timestamps": {"started": _TEXT, "measured": _TEXT, "decided": _TEXT, "finished": _TEXT},
+}
+_INPUT = {
+    "role": _TEXT,
+    "name": _TEXT,
+    "kind": _TEXT,
+    "digest": _TEXT,
+    "size": _INT,
+    "files": _INT,
+    "expected": (type(None), _TEXT),
+    "ms": _INT,
+}
+_EVENT = {"register": _TEXT, "event": _TEXT, "value": _BYTES}
+
+
+def _check_map(obj: object, schema: dict[str, Any], where: str) -> None:
+    if not isinstance(obj, dict):
+        raise ReportError(f"report payload: {where or 'top level'}: expected a map")
+    if set(obj) != set(schema):
+        diff = sorted(set(obj) ^ set(schema), key=str)
+        raise ReportError(f"report payload: {where or 'top level'}: unexpected or missing field {diff[0]!r}")
+    for key, kind in schema.items():
+        path = f"{where}.{key}" if where else key
+        value = obj[key]
+        if isinstance(kind, dict):
+            _check_map(value, kind, path)
+        elif not isinstance(value, kind) or (isinstance(value, bool) and kind is _INT):
+            raise ReportError(f"report payload: {path}: wrong type {type(value).__name__}")
+
+
+def check_payload(payload: object) -> dict[str, Any]:
+    _check_map(payload, _SCHEMA, "")
+    assert isinstance(payload, dict)
+    if payload["format"] != FORMAT:
+        raise ReportError(f"report payload: format: expected {FORMAT!r}, found {payload['format']!r}")
+    for i, item in enumerate(payload["inputs"]):
+        _check_map(item, _INPUT, f"inputs[{i}]")
+    for i, item in enumerate(payload["events"]):
+        _check_map(item, _EVENT, f"events[{i}]")
+    if payload["decision"]["verdict"] not in ("run", "abort"):
+        raise ReportError("report payload: decision.verdict: expected 'run' or 'abort'")
+    if not all(isinstance(r, str) for r in payload["decision"]["reasons"]):
+        raise ReportError("report payload: decision.reasons: expected text")
+    for key in payload["timestamps"]:
+        try:
+            parse_utc(payload["timestamps"][key])
+        except ValueError as exc:
+            raise ReportError(f"report payload: timestamps.{key}: not an RFC 3339 UTC time") from exc
+    return payload
+
+
+@dataclass(frozen=True)
+class Report:
+    raw: bytes
+    envelope: cose.Sign1
+    payload: dict[str, Any]
+    chain: list[x509.Certificate]
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + hashlib.sha256(self.raw).hexdigest()
+
+    @property
+    def signed_at(self) -> dt.datetime:
+        return parse_utc(self.payload["timestamps"]["finished"])
+
+
+def parse_report(raw: bytes) -> Report:
+    """Decode and structurally check a report; signatures are checked by loader.verify."""
+    envelope = cose.decode_sign1(raw)
+    payload = cose.decode_cbor(envelope.payload, "report payload")
+    if cbor2.dumps(payload, canonical=True) != envelope.payload:
+        raise ReportError("report payload: not in deterministic CBOR encoding")
+    check_payload(payload)
+    chain = []
+    for i, der in enumerate(envelope.x5chain):
+        try:
+            chain.append(x509.load_der_x509_certificate(der))
+        except ValueError as exc:
+            raise ReportError(f"report: x5chain[{i}]: not a DER certificate ({exc})") from exc
+    return Report(raw, envelope, payload, chain)

@@ -1,0 +1,157 @@
+"""Staging: copy each input into the loader's private directory while hashing it, in one pass.
+
+The workload is started from the staged copy only. A change to the original after it was read
+cannot reach the engine, and what the engine reads is exactly what was hashed: each byte is
+hashed as it is written to the staged file, which nobody else can write to (0700 directory,
+read-only files).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from loader.digest import (
+    Digest,
+    directory_digest,
+    format_digest,
+    hash_fd,
+    listing_line,
+    open_regular,
+    open_tree,
+    walk_tree,
+)
+from loader.errors import InputError
+
+ROLES = ("engine", "dataset", "config")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    role: str
+    name: str
+    path: Path
+
+    @property
+    def label(self) -> str:
+        return f"{self.role} {self.name!r}"
+
+
+@dataclass(frozen=True)
+class Measurement:
+    spec: InputSpec
+    digest: Digest
+    staged: Path
+    seconds: float
+
+
+def _copy_file(src_fd: int, dest: Path, mode: int) -> tuple[bytes, int]:
+    out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        raw, size = hash_fd(src_fd, sink=out)
+        os.fchmod(out, 0o500 if mode & stat.S_IXUSR else 0o400)
+    finally:
+        os.close(out)
+    return raw, size
+
+
+def _stage_file(src: Path, dest: Path) -> Digest:
+    fd = open_regular(src, shown=src)
+    try:
+        raw, size = _copy_file(fd, dest, os.fstat(fd).st_mode)
+    finally:
+        os.close(fd)
+    return Digest("file", format_digest(raw), size, 1)
+
+
+def _stage_tree(src: Path, dest: Path) -> Digest:
+    top = open_tree(src)
+    lines: list[tuple[bytes, bytes]] = []
+    total = 0
+    dest.mkdir(mode=0o700)
+    try:
+        for entry in walk_tree(src, top):
+            rel = os.fsdecode(entry.relpath[2:])
+            target = dest / rel
+            target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = open_regular(entry.name, dir_fd=entry.dir_fd, shown=src / rel)
+            try:
+                raw, size = _copy_file(fd, target, os.fstat(fd).st_mode)
+            finally:
+                os.close(fd)
+            lines.append((entry.relpath, listing_line(raw, entry.relpath)))
+            total += size
+    finally:
+        os.close(top)
+    return Digest("directory", format_digest(directory_digest(lines, src)), total, len(lines))
+
+
+def stage_input(spec: InputSpec, staging: Path) -> Measurement:
+    """Copy `spec.path` to staging/<role>/<name> and measure it on the way."""
+    dest = staging / spec.role / spec.name
+    dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        st = os.stat(spec.path, follow_symlinks=False)
+    except OSError as exc:
+        raise InputError(f"{spec.path}: {spec.label}: cannot read: {exc.strerror}") from exc
+    start = time.monotonic()
+    if stat.S_ISLNK(st.st_mode):
+        raise InputError(f"{spec.path}: {spec.label} is a symbolic link; give the real path")
+    if stat.S_ISREG(st.st_mode):
+        digest = _stage_file(spec.path, dest)
+    elif stat.S_ISDIR(st.st_mode):
+        digest = _stage_tree(spec.path, dest)
+    else:
+        raise InputError(f"{spec.path}: {spec.label} is not a regular file or directory")
+    return Measurement(spec, digest, dest, time.monotonic() - start)
+
+
+def make_private_dir(path: Path) -> Path:
+    """Create a fresh 0700 staging directory; refuse to reuse an existing one."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.mkdir(mode=0o700)
+    except FileExistsError as exc:
+        raise InputError(f"{path}: staging directory already exists; remove it or pick another") from exc
+    except OSError as exc:
+        raise InputError(f"{path}: cannot create staging directory: {exc.strerror}") from exc
+    return path
+
+
+def wipe(path: Path) -> dict[str, int]:
+    """Overwrite every staged file with zeros, then remove the tree. Returns counts."""
+    files = overwritten = 0
+    if not path.exists():
+        return {"files": 0, "overwritten": 0}
+    for dirpath, dirnames, filenames in os.walk(path):
+        os.chmod(dirpath, 0o700)
+        for name in filenames:
+            target = Path(dirpath) / name
+            files += 1
+            overwritten += _zero(target)
+        for name in dirnames:
+            os.chmod(Path(dirpath) / name, 0o700, follow_symlinks=False)
+    shutil.rmtree(path)
+    return {"files": files, "overwritten": overwritten}
+
+
+def _zero(target: Path) -> int:
+    try:
+        if target.is_symlink():
+            return 0
+        os.chmod(target, 0o600)
+        size = target.stat().st_size
+        with open(target, "r+b") as f:
+            block = bytes(min(size, 1 << 20))
+            left = size
+            while left:
+                left -= f.write(block[: min(left, len(block))])
+            f.flush()
+            os.fsync(f.fileno())
+        return 1
+    except OSError:
+        return 0

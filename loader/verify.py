@@ -1,0 +1,240 @@
+"""Verification of an integrity report by anyone holding it, with vendor roots (and our CA).
+
+Each step is a named check; the report is accepted only when every check passes. Nothing in
+the report is taken on trust: the binding is recomputed, the evidence re-verified, the
+decision re-derived from the report's own inputs and approved list.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hmac
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from attestation import AttestationError, Evidence, Result, Trust, binding, verifier_for
+from certs.chain import verify_chain
+from certs.errors import CertsError
+from certs.extensions import decode_evidence_extension
+from loader import cose
+from loader.decide import Measured, decide
+from loader.errors import PolicyError, ReportError
+from loader.policy import parse_policy
+from loader.report import Report, event_value, input_event, parse_report
+
+GPU_TYPES = ("nvidia", "mock-gpu")
+
+
+@dataclass
+class Verification:
+    checks: list[tuple[str, bool, str]] = field(default_factory=list)
+    evidence: list[Result] = field(default_factory=list)
+    report: Report | None = None
+
+    def add(self, name: str, passed: bool, detail: str) -> bool:
+        self.checks.append((name, passed, detail))
+        return passed
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.checks) and all(passed for _, passed, _ in self.checks)
+
+    def reason(self) -> str:
+        bad = [(n, d) for n, p, d in self.checks if not p]
+        return f"{bad[0][0]}: {bad[0][1]}" if bad else "verified"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "digest": self.report.digest if self.report else None,
+            "checks": [{"name": n, "passed": p, "detail": d} for n, p, d in self.checks],
+            "evidence": [r.to_json() for r in self.evidence],
+            "reason": None if self.ok else self.reason(),
+        }
+
+
+def verify_report(
+    raw: bytes,
+    *,
+    ca: Sequence[x509.Certificate] = (),
+    at: dt.datetime | None = None,
+    allow_mock: bool = False,
+    trust: Trust | None = None,
+) -> Verification:
+    result = Verification()
+    try:
+        report = parse_report(raw)
+    except ReportError as exc:
+        result.add("format", False, str(exc))
+        return result
+    result.report = report
+    result.add("format", True, "COSE_Sign1, ES384, deterministic CBOR payload")
+    when = at or dt.datetime.now(dt.UTC)
+    trust = trust or Trust(allow_mock=allow_mock)
+    if not check_signer(result, report):
+        return result
+    _chain(result, report, ca)
+    _evidence(result, report, trust, when)
+    _decision(result, report)
+    _events(result, report)
+    return result
+
+
+def check_signer(result: Verification, report: Report) -> bool:
+    if not report.chain:
+        return result.add("signer", False, "x5chain is empty")
+    leaf = report.chain[0]
+    spki = leaf.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    if not hmac.compare_digest(spki, report.payload["key"]["spki"]):
+        return result.add("signer", False, "the certificate's key is not the key named in the payload")
+    public = leaf.public_key()
+    if not isinstance(public, ec.EllipticCurvePublicKey):
+        return result.add("signer", False, "the certificate's key is not an EC key")
+    ok = cose.verify_sign1(report.envelope, public)
+    return result.add(
+        "signature",
+        ok,
+        "the report is signed by the certificate's key" if ok else "ES384 signature does not verify",
+    )
+
+
+def _chain(result: Verification, report: Report, ca: Sequence[x509.Certificate]) -> None:
+    leaf, rest = report.chain[0], report.chain[1:]
+    signed_at = report.signed_at
+    if ca:
+        try:
+            verify_chain(leaf, intermediates=rest, roots=ca, at=signed_at)
+            result.add("certificate", True, f"issued by the given CA, valid at {signed_at.isoformat()}")
+        except CertsError as exc:
+            result.add("certificate", False, f"does not chain to the given CA: {exc}")
+    elif leaf.issuer == leaf.subject:
+        try:
+            verify_chain(leaf, roots=[leaf], at=signed_at)
+            result.add("certificate", True, "self-issued (offline mode): trust rests on the evidence")
+        except CertsError as exc:
+            result.add("certificate", False, f"self-issued certificate invalid: {exc}")
+    else:
+        result.add("certificate", False, "issued by a CA: pass --ca with that CA's certificate")
+    try:
+        bundle = decode_evidence_extension(leaf)
+    except CertsError as exc:
+        result.add("certificate_evidence", False, str(exc))
+        return
+    payload = report.payload
+    same = (
+        bundle is not None
+        and bundle.get("nonce") == payload["nonce"]
+        and bundle.get("evidence") == payload["evidence"]
+    )
+    result.add(
+        "certificate_evidence",
+        same,
+        "the certificate carries the report's nonce and evidence"
+        if same
+        else "the certificate's evidence extension differs from the report's evidence",
+    )
+
+
+def _evidence(result: Verification, report: Report, trust: Trust, when: dt.datetime) -> None:
+    payload = report.payload
+    try:
+        items = [Evidence.from_cbor_obj(e) for e in payload["evidence"]]
+    except AttestationError as exc:
+        result.add("evidence", False, str(exc))
+        return
+    cpu = [e for e in items if e.type not in GPU_TYPES]
+    gpus = [e for e in items if e.type in GPU_TYPES]
+    if len(cpu) != 1 or items[0] is not cpu[0]:
+        result.add("evidence", False, f"expected one CPU evidence first, found {len(cpu)}")
+        return
+    if cpu[0].type != payload["tee"]:
+        result.add(
+            "evidence", False, f"evidence is {cpu[0].type!r} but the report says tee {payload['tee']!r}"
+        )
+        return
+    spki, nonce = payload["key"]["spki"], payload["nonce"]
+    try:
+        expected = binding.report_data(spki, nonce, gpus)
+        gpu_expected = binding.gpu_nonce(spki, nonce)
+    except AttestationError as exc:
+        result.add("binding", False, str(exc))
+        return
+    for i, ev in enumerate(items):
+        want = gpu_expected if ev.type in GPU_TYPES else expected
+        try:
+            res = verifier_for(ev.type).verify(ev, expected_report_data=want, trust=trust, at=when)
+        except AttestationError as exc:
+            result.add(f"evidence[{i}]", False, f"{ev.type}: {exc}")
+            continue
+        result.evidence.append(res)
+        result.add(f"evidence[{i}]", res.ok, f"{ev.type}: verified" if res.ok else res.reason())
+        _debug_flag(result, report, res, i)
+
+
+def _debug_flag(result: Verification, report: Report, res: Result, index: int) -> None:
+    if res.claims.get("debug") is not True or report.payload["decision"]["verdict"] != "run":
+        return
+    try:
+        flags = parse_policy(report.payload["policy"]["document"], "policy").flags
+    except PolicyError:
+        return
+    if not flags.get("allow_debug"):
+        result.add(
+            f"evidence[{index}].debug", False, "a debug TEE ran the workload; the approved list forbids it"
+        )
+
+
+def _decision(result: Verification, report: Report) -> None:
+    payload = report.payload
+    verdict, reasons = payload["decision"]["verdict"], payload["decision"]["reasons"]
+    ran = payload["workload"] is not None
+    if (verdict == "run") != ran or (verdict == "run") == bool(reasons):
+        result.add(
+            "decision", False, f"verdict {verdict!r} is inconsistent with the reasons and the workload"
+        )
+        return
+    doc = payload["policy"]["document"]
+    if not doc:
+        result.add("decision", verdict == "abort", "no approved list was loaded; the job was aborted")
+        return
+    try:
+        policy = parse_policy(doc, "report policy.document")
+    except PolicyError as exc:
+        result.add("decision", verdict == "abort", f"the approved list did not parse: {exc}")
+        return
+    if policy.digest != payload["policy"]["digest"]:
+        result.add("decision", False, "policy.digest is not the digest of policy.document")
+        return
+    measured = [Measured(i["role"], i["name"], i["digest"]) for i in payload["inputs"]]
+    derived = decide(policy, measured, payload["tee"])
+    missing = [r for r in derived if r not in reasons]
+    if verdict == "run" and derived:
+        result.add("decision", False, f"the report says run, but: {derived[0]}")
+    elif missing:
+        result.add("decision", False, f"a reason is missing from the report: {missing[0]}")
+    else:
+        result.add("decision", True, f"verdict {verdict!r} follows from the inputs and the approved list")
+
+
+def _events(result: Verification, report: Report) -> None:
+    payload = report.payload
+    expected = []
+    if payload["policy"]["digest"]:
+        expected.append(f"policy={payload['policy']['digest']}")
+    expected += [input_event(i["role"], i["name"], i["digest"]) for i in payload["inputs"]]
+    events = payload["events"]
+    names = [e["event"] for e in events]
+    values_ok = all(e["value"] == event_value(e["event"]) for e in events)
+    if payload["workload"] is not None and names != expected:
+        result.add("events", False, "the runtime-register event log does not match the measured inputs")
+    elif not values_ok:
+        result.add("events", False, "an event's extended value is not the hash of its event text")
+    else:
+        result.add("events", True, f"{len(events)} register extensions match the inputs")
