@@ -20,7 +20,9 @@ from cryptography.hazmat.primitives import serialization
 
 import loader
 from attestation import AttestationError, Attester, Evidence, attester_for, binding
+from certs.errors import CertsError
 from certs.selfissue import self_issue
+from loader import enroll
 from loader.config import LoaderConfig
 from loader.decide import Measured, decide
 from loader.errors import InputError, PolicyError
@@ -111,17 +113,62 @@ def _step(name: str, start: float) -> None:
 def _attest(state: BootState, attester: Attester | None) -> None:
     start = time.monotonic()
     try:
-        state.attester = attester or attester_for(state.cfg.tee, root=state.cfg.tee_root)
-        report_data = binding.report_data(state.key.spki, state.nonce, [])
-        state.evidence.append(state.attester.collect(report_data))
+        state.attester = attester = attester or attester_for(state.cfg.tee, root=state.cfg.tee_root)
+        if state.cfg.ca_url:
+            _enroll(state, attester)
+        else:
+            _collect(state, attester, state.nonce)
     except AttestationError as exc:
         state.attestation_failed = True
         state.reasons.append(f"attestation: {exc}")
         log.error("attestation failed: %s", exc)
+    except enroll.EnrollmentError as exc:
+        state.attestation_failed = True
+        state.reasons.append(f"certificate: {exc}")
+        log.error("enrollment failed: %s", exc)
     _step("attestation", start)
 
 
+def _collect(state: BootState, attester: Attester, nonce: bytes) -> list[Evidence]:
+    """Evidence bound to the ephemeral key and `nonce` (the CA's, or a local one offline)."""
+    state.nonce = nonce
+    state.evidence = [attester.collect(binding.report_data(state.key.spki, nonce, []))]
+    return state.evidence
+
+
+def _enroll(state: BootState, attester: Attester) -> None:
+    """Certificate from the CA at [ca] url: its nonce, our evidence, its chain in x5chain.
+
+    On refusal or when the CA stays unreachable, the boot goes on to an abort report, signed
+    under a self-issued certificate that carries the evidence (see _certify).
+    """
+    cfg = state.cfg
+    pinned = None
+    if cfg.ca_cert is not None:
+        from certs.chain import load_certificates
+
+        try:
+            pinned = load_certificates(cfg.ca_cert.read_bytes(), what=str(cfg.ca_cert))[0]
+        except OSError as exc:
+            raise enroll.EnrollmentError(
+                f"{cfg.ca_cert}: cannot read the CA certificate: {exc.strerror}"
+            ) from exc
+        except CertsError as exc:
+            raise enroll.EnrollmentError(str(exc)) from exc
+    result = enroll.enroll(
+        cfg.ca_url or "",
+        state.key.private,
+        lambda nonce: _collect(state, attester, nonce),
+        attempts=cfg.ca_attempts,
+        ca_cert=pinned,
+    )
+    state.chain = result.chain_der()
+    log.info("certificate issued by the CA at %s", cfg.ca_url)
+
+
 def _certify(state: BootState) -> None:
+    if state.chain:
+        return  # issued by the CA
     bundle = {"nonce": state.nonce, "evidence": [e.to_cbor_obj() for e in state.evidence], "claims": {}}
     cert = self_issue(
         state.key.private,

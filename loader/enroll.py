@@ -133,6 +133,16 @@ class CaClient:
             raise EnrollmentError(f"CA nonce response: expected 32 bytes, found {len(nonce)}")
         return nonce
 
+    def ca_certificate(self) -> x509.Certificate:
+        """The CA certificate as the service publishes it (GET /v1/ca.pem)."""
+        status, raw = self._call("GET", "/v1/ca.pem")
+        if status != 200:
+            raise EnrollmentError(f"GET {self.url}/v1/ca.pem: HTTP {status}")
+        try:
+            return load_certificates(raw, what=f"{self.url}/v1/ca.pem")[0]
+        except CertsError as exc:
+            raise EnrollmentError(str(exc)) from exc
+
     def submit(self, csr_pem: bytes, nonce: bytes, evidence: Sequence[Evidence]) -> list[x509.Certificate]:
         status, doc = self._json("POST", "/v1/certificates", wire.encode_request(csr_pem, nonce, evidence))
         chain = doc.get("chain")
