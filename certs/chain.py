@@ -37,7 +37,7 @@ def load_certificates(data: bytes, *, what: str = "certificates") -> list[x509.C
                 certs = x509.load_pem_x509_certificates(data)
             else:
                 certs = [x509.load_der_x509_certificate(data)]
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise CertificateFormatError(f"{what}: not a PEM bundle or DER certificate ({exc})") from exc
     if not certs:
         raise CertificateFormatError(f"{what}: no certificate found")

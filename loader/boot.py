@@ -91,19 +91,31 @@ def boot(
         _attest(state, attester)
         _certify(state)
         _load_policy(state)
-        staging = make_private_dir(cfg.staging_dir / f"{cfg.job_id or 'job'}-{run_id}")
-        try:
-            _measure(state, staging)
-            _extend(state)
-            _decide(state)
-            if not state.reasons:
-                _run(state, staging)
-        finally:
-            state.wiped = wipe(staging)
+        _stage_and_run(state)
         report = _sign(state)
     finally:
         state.key.discard()
     return _store(state, report, report_out)
+
+
+def _stage_and_run(state: BootState) -> None:
+    cfg = state.cfg
+    try:
+        staging = make_private_dir(cfg.staging_dir / f"{cfg.job_id or 'job'}-{state.run_id}")
+    except InputError as exc:
+        state.reasons.append(f"staging: {exc}")
+        log.error("%s", exc)
+        state.stamp("measured")
+        _decide(state)
+        return
+    try:
+        _measure(state, staging)
+        _extend(state)
+        _decide(state)
+        if not state.reasons:
+            _run(state, staging)
+    finally:
+        state.wiped = wipe(staging)
 
 
 def _step(name: str, start: float) -> None:

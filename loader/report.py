@@ -153,6 +153,6 @@ def parse_report(raw: bytes) -> Report:
     for i, der in enumerate(envelope.x5chain):
         try:
             chain.append(x509.load_der_x509_certificate(der))
-        except ValueError as exc:
+        except (ValueError, x509.InvalidVersion) as exc:
             raise ReportError(f"report: x5chain[{i}]: not a DER certificate ({exc})") from exc
     return Report(raw, envelope, payload, chain)

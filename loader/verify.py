@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -89,12 +90,13 @@ def check_signer(result: Verification, report: Report) -> bool:
     if not report.chain:
         return result.add("signer", False, "x5chain is empty")
     leaf = report.chain[0]
-    spki = leaf.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    try:
+        public = leaf.public_key()
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        return result.add("signer", False, f"the certificate's public key does not parse ({exc})")
+    spki = public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     if not hmac.compare_digest(spki, report.payload["key"]["spki"]):
         return result.add("signer", False, "the certificate's key is not the key named in the payload")
-    public = leaf.public_key()
     if not isinstance(public, ec.EllipticCurvePublicKey):
         return result.add("signer", False, "the certificate's key is not an EC key")
     ok = cose.verify_sign1(report.envelope, public)
