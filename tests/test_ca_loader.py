@@ -14,8 +14,6 @@ from cryptography import x509
 
 from tests.ca_helpers import REPO
 
-pytest.importorskip("aiohttp")
-
 
 def _loader(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(

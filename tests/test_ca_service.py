@@ -20,11 +20,9 @@ from cryptography import x509
 from attestation import binding
 from certs import wire
 from certs.csr import build_csr
+from certs.service import BackgroundServer
 from loader.enroll import CaUnavailable, EnrollmentError, EnrollmentRefused, check_issued, enroll
 from tests.ca_helpers import REPO, Cvm, make_ca
-
-pytest.importorskip("aiohttp")
-from certs.service import BackgroundServer
 
 
 @pytest.fixture(scope="module")
