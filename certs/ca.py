@@ -200,7 +200,11 @@ class CertificateAuthority:
             raise Refusal("csr_invalid", str(exc)) from exc
         self._check_types(request.evidence)
         results = self._verify_all(request, csr, now)
-        reasons = [r for result in results for r in self.policy.validate(result)]
+        reasons = [
+            reason
+            for ev, result in zip(request.evidence, results, strict=True)
+            for reason in self.policy.validate(ev.type, result)
+        ]
         if reasons:
             raise Refusal("policy_refused", f"refused by CA policy: {reasons[0]}", reasons)
         leaf = self._sign_leaf(csr, request, results, now)

@@ -82,9 +82,8 @@ class CaPolicy:
             out.append("policy: allow_mock = true; software mock evidence is accepted (tests and demos only)")
         return out
 
-    def validate(self, result: Result) -> list[str]:
-        """Reasons `result` (already verified) falls outside this policy; empty if it fits."""
-        kind = result.type
+    def validate(self, kind: str, result: Result) -> list[str]:
+        """Reasons `result` (verified evidence of type `kind`) falls outside this policy."""
         if kind not in self.allowed_types:
             return [f"evidence type {kind!r} is not allowed by the CA policy"]
         if result.is_mock and not self.allow_mock:
