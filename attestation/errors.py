@@ -23,3 +23,7 @@ class AttesterUnavailable(AttestationError):
 
 class AttesterFailure(AttestationError):
     """The TEE interface is present but producing evidence failed."""
+
+
+class CollateralError(AttestationError):
+    """Vendor collateral (TCB info, identities, CRLs) is malformed or cannot be trusted."""
