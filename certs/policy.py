@@ -76,8 +76,8 @@ class CaPolicy:
             tee = self.tee[kind]
             if not tee.measurements:
                 out.append(f"policy: [tee.{kind}] pins no measurements; any {kind} guest is accepted")
-            if kind not in MOCK_TYPES and not tee.tcb_status:
-                out.append(f"policy: [tee.{kind}] accepts any TCB status")
+            if kind not in MOCK_TYPES and not tee.tcb_status and not tee.minimum:
+                out.append(f"policy: [tee.{kind}] accepts any TCB (no tcb_status, no minimum)")
         if self.allow_mock:
             out.append("policy: allow_mock = true; software mock evidence is accepted (tests and demos only)")
         return out
@@ -323,15 +323,21 @@ required_types = []          # e.g. ["nvidia"] to insist on GPU evidence
 # measurements: claim -> list of accepted hex values. EDIT: pin your images' values.
 
 [tee.tdx]
-measurements = {{}}          # e.g. {{ mrtd = ["..."], rtmr0 = ["..."] }}
-tcb_status = ["UpToDate"]
+measurements = {{}}          # e.g. {{ mrtd = ["..."], rtmr0 = ["..."], rtmr1 = ["..."] }}
+tcb_status = ["UpToDate"]    # needs Intel collateral, refreshed before its nextUpdate:
 equals = {{ debug = false }}
-# collateral = {{ tcb_info = "collateral/tcbInfo.json" }}   paths relative to this file
+# collateral = {{ "tcb_info.json" = "intel/tcb_info.json",
+#                "tcb_info_issuer_chain.pem" = "intel/tcb_chain.pem",
+#                "qe_identity.json" = "intel/qe_identity.json",
+#                "qe_identity_issuer_chain.pem" = "intel/tcb_chain.pem",
+#                "pck_crl.der" = "intel/pck_crl.der", "root_ca_crl.der" = "intel/root_ca_crl.der" }}
+# options = {{ require_collateral = true, require_crl = true }}   (paths relative to this file)
 
 [tee.sev-snp]
 measurements = {{}}          # e.g. {{ measurement = ["..."] }}
-tcb_status = ["UpToDate"]
-equals = {{ debug = false }}
+equals = {{ "policy.debug" = false }}
+# minimum = {{ "reported_tcb.bootloader" = 3, "reported_tcb.snp" = 8, "reported_tcb.microcode" = 115 }}
+# collateral = {{ crl = "amd/ark_crl.der" }}
 
 [tee.nvidia]
 measurements = {{}}

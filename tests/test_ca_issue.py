@@ -452,3 +452,67 @@ def test_default_policy_loads_and_matches_the_mock_flag(tmp_path, allow_mock):
     assert ("mock" in policy.allowed_types) is allow_mock
     assert {"tdx", "sev-snp", "nvidia"} <= policy.allowed_types
     assert policy.tee["tdx"].tcb_status == ("UpToDate",)
+
+
+# --- the default hardware policy against real evidence -------------------------------------
+
+REFERENCE = dt.datetime(2026, 11, 21, tzinfo=dt.UTC)
+
+
+def _real_result(kind: str, evidence: Evidence):
+    """Verified claims of real evidence (its binding is to someone else's key, so not checked)."""
+    verifier = attestation.verifier_for(kind)
+    return verifier.verify(evidence, expected_report_data=None, trust=attestation.Trust(), at=REFERENCE)
+
+
+@pytest.fixture
+def hw_policy(tmp_path):
+    path = tmp_path / "policy.toml"
+    path.write_text(default_policy_text(allow_mock=False))
+    return load_policy(path)
+
+
+def test_default_policy_refuses_a_real_tdx_quote_with_the_debug_bit(hw_policy):
+    quote = (vectors_dir() / "tdx" / "trustee" / "tdx_quote_4.dat").read_bytes()  # td_attributes DEBUG
+    reasons = hw_policy.validate("tdx", _real_result("tdx", Evidence("tdx", quote)))
+    assert "tdx: debug is True, expected False" in reasons
+
+
+def test_default_policy_names_real_tdx_claims_and_wants_a_tcb_verdict(hw_policy):
+    quote = (vectors_dir() / "tdx" / "trustee" / "tdx_quote_6.dat").read_bytes()  # not debug
+    result = _real_result("tdx", Evidence("tdx", quote))
+    assert result.claims["debug"] is False
+    # no collateral given: the TCB was not evaluated, which the default policy does not accept
+    assert hw_policy.validate("tdx", result) == ["tdx: TCB status None is not one of UpToDate"]
+
+
+def test_default_policy_refuses_a_real_snp_report_whose_guest_policy_allows_debug(hw_policy):
+    snp = vectors_dir() / "snp" / "go-sev-guest"
+    evidence = Evidence(
+        "sev-snp", (snp / "attestation.bin").read_bytes(), {"vcek": (snp / "vcek.testcer").read_bytes()}
+    )
+    reasons = hw_policy.validate("sev-snp", _real_result("sev-snp", evidence))
+    assert reasons == ["sev-snp: policy.debug is True, expected False"]
+
+
+def test_pinned_snp_measurement_and_minimum_tcb_on_a_real_report(tmp_path):
+    snp = vectors_dir() / "snp" / "virtee-sev"
+    raw = (snp / "report_milan.bin").read_bytes()
+    evidence = Evidence("sev-snp", raw, {"vcek": (snp / "vcek_milan.der").read_bytes()})
+    result = _real_result("sev-snp", evidence)
+    measurement = result.claims["measurement"]
+    assert measurement.startswith("7a1e5c266c0108db")  # MANIFEST: report_milan MEASUREMENT
+    path = tmp_path / "policy.toml"
+    base = '[attestation]\nallowed_types = ["sev-snp"]\n[tee.sev-snp]\nequals = { "policy.debug" = false }\n'
+    path.write_text(
+        base + f'measurements = {{ measurement = ["{measurement}"] }}\n'
+        'minimum = { "reported_tcb.snp" = 8, "reported_tcb.microcode" = 115 }\n'
+    )
+    assert load_policy(path).validate("sev-snp", result) == []
+    path.write_text(
+        base + f'measurements = {{ measurement = ["{measurement}"] }}\n'
+        'minimum = { "reported_tcb.snp" = 9 }\n'
+    )
+    assert load_policy(path).validate("sev-snp", result) == [
+        "sev-snp: reported_tcb.snp is 8, expected at least 9"
+    ]
