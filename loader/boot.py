@@ -24,7 +24,9 @@ from attestation.errors import AttesterUnavailable, VerificationError
 from attestation.nvidia import GPU_EVIDENCE_TYPES
 from attestation.nvidia import gpu_attester as gpu_attester_for
 from attestation.rtmr import event_value
+from certs.errors import CertsError
 from certs.selfissue import self_issue
+from loader import enroll
 from loader.config import LoaderConfig
 from loader.decide import Measured, decide
 from loader.errors import InputError, PolicyError
@@ -64,6 +66,8 @@ class BootState:
     output: dict[str, Any] | None = None
     wiped: dict[str, int] | None = None
     hash_seconds: float = 0.0
+    gpu_attester: Any = None
+    gpu_failure: str | None = None
     output_error: str | None = None
 
     def stamp(self, name: str) -> None:
@@ -130,34 +134,55 @@ def _step(name: str, start: float) -> None:
 
 
 def _attest(state: BootState, attester: Attester | None, gpu_attester: Any) -> None:
-    """GPU evidence first (nonce = gpu_nonce), then the CPU evidence binding it (DESIGN "Interfaces")."""
+    """Evidence bound to the key: GPUs first (nonce = gpu_nonce), then the CPU binding them.
+
+    With a CA the nonce is the CA's and evidence is collected again for each attempt.
+    """
     start = time.monotonic()
-    gpus = _collect_gpus(state, gpu_attester)
     try:
-        state.attester = attester or attester_for(state.cfg.tee, root=state.cfg.tee_root)
-        report_data = binding.report_data(state.key.spki, state.nonce, gpus)
-        state.evidence.append(state.attester.collect(report_data))
-        state.evidence.extend(gpus)
+        state.attester = cpu = attester or attester_for(state.cfg.tee, root=state.cfg.tee_root)
+        if state.cfg.gpu_mode != "none" or gpu_attester is not None:
+            state.gpu_attester = gpu_attester or gpu_attester_for(state.cfg.gpu_mode)
+        if state.cfg.ca_url:
+            _enroll(state, cpu)
+        else:
+            _collect(state, cpu, state.nonce)
     except AttestationError as exc:
         state.attestation_failed = True
         state.reasons.append(f"attestation: {exc}")
         log.error("attestation failed: %s", exc)
+    except enroll.EnrollmentError as exc:
+        state.attestation_failed = True
+        state.reasons.append(f"certificate: {exc}")
+        log.error("enrollment failed: %s", exc)
+    if state.gpu_failure:
+        state.attestation_failed = True
+        state.reasons.append(state.gpu_failure)
     _step("attestation", start)
 
 
-def _collect_gpus(state: BootState, gpu_attester: Any) -> list[Evidence]:
+def _collect(state: BootState, attester: Attester, nonce: bytes) -> list[Evidence]:
+    """Evidence bound to the ephemeral key and `nonce` (the CA's, or a local one offline)."""
+    state.nonce = nonce
+    gpus = _collect_gpus(state)
+    cpu = attester.collect(binding.report_data(state.key.spki, nonce, gpus))
+    state.evidence = [cpu, *gpus]
+    return state.evidence
+
+
+def _collect_gpus(state: BootState) -> list[Evidence]:
     """Evidence of every GPU, verified here before the GPUs are released for work.
 
-    Evidence that fails verification is left out of the report (its reason is kept), so the
-    report's evidence stays verifiable and the job aborts.
+    Evidence that fails verification is left out (the failure becomes an abort reason), so the
+    CPU evidence still binds exactly what the report carries and the abort report verifies.
     """
-    mode = state.cfg.gpu_mode
-    if gpu_attester is None and mode == "none":
+    state.gpu_failure = None
+    if state.gpu_attester is None:
         return []
     nonce = binding.gpu_nonce(state.key.spki, state.nonce)
+    mode = state.cfg.gpu_mode
     try:
-        gpu_attester = gpu_attester or gpu_attester_for(mode)
-        evidence = gpu_attester.collect_all(nonce)
+        evidence = state.gpu_attester.collect_all(nonce)
         if not evidence:
             raise AttesterUnavailable(f"gpu mode {mode!r}: no GPU in confidential-computing mode was found")
         trust = Trust(allow_mock=mode == "mock")
@@ -167,17 +192,48 @@ def _collect_gpus(state: BootState, gpu_attester: Any) -> list[Evidence]:
             )
             if not res.ok:
                 raise VerificationError(f"GPU {i} evidence does not verify: {res.reason()}")
-        gpu_attester.set_ready()
+        state.gpu_attester.set_ready()
     except AttestationError as exc:
-        state.attestation_failed = True
-        state.reasons.append(f"attestation: gpu: {exc}")
+        state.gpu_failure = f"attestation: gpu: {exc}"
         log.error("GPU attestation failed: %s", exc)
         return []
     log.info("%d GPU(s) attested", len(evidence))
     return list(evidence)
 
 
+def _enroll(state: BootState, attester: Attester) -> None:
+    """Certificate from the CA at [ca] url: its nonce, our evidence, its chain in x5chain.
+
+    On refusal or when the CA stays unreachable, the boot goes on to an abort report, signed
+    under a self-issued certificate that carries the evidence (see _certify).
+    """
+    cfg = state.cfg
+    pinned = None
+    if cfg.ca_cert is not None:
+        from certs.chain import load_certificates
+
+        try:
+            pinned = load_certificates(cfg.ca_cert.read_bytes(), what=str(cfg.ca_cert))[0]
+        except OSError as exc:
+            raise enroll.EnrollmentError(
+                f"{cfg.ca_cert}: cannot read the CA certificate: {exc.strerror}"
+            ) from exc
+        except CertsError as exc:
+            raise enroll.EnrollmentError(str(exc)) from exc
+    result = enroll.enroll(
+        cfg.ca_url or "",
+        state.key.private,
+        lambda nonce: _collect(state, attester, nonce),
+        attempts=cfg.ca_attempts,
+        ca_cert=pinned,
+    )
+    state.chain = result.chain_der()
+    log.info("certificate issued by the CA at %s", cfg.ca_url)
+
+
 def _certify(state: BootState) -> None:
+    if state.chain:
+        return  # issued by the CA
     bundle = {"nonce": state.nonce, "evidence": [e.to_cbor_obj() for e in state.evidence], "claims": {}}
     cert = self_issue(
         state.key.private,

@@ -80,11 +80,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="trusted-loader-demo-"))).resolve()
     config_path = demo.build(workdir, args.ca_url)
     outcome = boot(load_config(config_path, ca_url=args.ca_url), report_out=workdir / "report.cbor")
-    check = verify_report(outcome.report, allow_mock=True)
-    sys.stdout.write(demo.summary(workdir, outcome, check))
+    check = verify_report(outcome.report, ca=_demo_ca(args.ca_url, outcome.report), allow_mock=True)
+    sys.stdout.write(demo.summary(workdir, outcome, check, ca_url=args.ca_url))
     if not check.ok:
         return EXIT_REJECTED
     return outcome.exit_code
+
+
+def _demo_ca(ca_url: str | None, report: bytes) -> list[Any]:
+    """The CA to check the demo's report against: the one that issued its certificate, as
+    published at --ca-url. An abort report after a refusal is self-issued and needs none."""
+    from loader.enroll import CaClient, EnrollmentError
+    from loader.report import parse_report
+
+    if not ca_url or len(parse_report(report).chain) < 2:
+        return []
+    try:
+        return [CaClient(ca_url).ca_certificate()]
+    except EnrollmentError as exc:
+        raise LoaderError(f"--ca-url: cannot fetch the CA certificate to verify the report: {exc}") from exc
 
 
 def cmd_digest(args: argparse.Namespace) -> int:
@@ -214,6 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("report", type=Path)
     rep.add_argument("--input", action="append", required=True, metavar="ROLE[:NAME]=PATH")
     rep.set_defaults(func=cmd_replay)
+
+    from certs.cli import add_parser as add_ca_parser
+
+    add_ca_parser(sub)
 
     evidence = sub.add_parser("evidence", help="verify hardware evidence").add_subparsers(
         dest="evidence_command", required=True

@@ -40,6 +40,9 @@ class LoaderConfig:
     run: RunSettings
     ca_url: str | None
     gpu_mode: str = "none"
+    ca_cert: Path | None = None
+    """Pinned CA certificate (PEM): enrollment refuses a chain that does not end there."""
+    ca_attempts: int = 5
 
 
 class _Section:
@@ -133,7 +136,14 @@ def _parse(data: dict[str, Any], source: Path, ca_url: str | None) -> LoaderConf
     tee_root = attestation.path("root", base, "/")
     attestation.finish()
     ca = top.table("ca")
-    url = ca_url or ca.get("url", str, None)
+    configured_url = ca.get("url", str, None)
+    url = ca_url or configured_url
+    if url is not None and not url.startswith(("http://", "https://")):
+        raise ca.error("url", f"expected an http:// or https:// URL, found {url!r}")
+    ca_cert = ca.path("ca_cert", base) if "ca_cert" in ca.data else None
+    ca_attempts = ca.get("attempts", int, 5)
+    if not 1 <= ca_attempts <= 20:
+        raise ca.error("attempts", f"expected 1..20, found {ca_attempts}")
     ca.finish()
     gpu_mode = _gpu_mode(top.table("gpu"), tee)
     cfg = LoaderConfig(
@@ -149,6 +159,8 @@ def _parse(data: dict[str, Any], source: Path, ca_url: str | None) -> LoaderConf
         run=run,
         ca_url=url,
         gpu_mode=gpu_mode,
+        ca_cert=ca_cert,
+        ca_attempts=ca_attempts,
     )
     top.finish()
     return cfg
