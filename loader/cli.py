@@ -18,7 +18,6 @@ from typing import Any
 
 from loader import opscli
 from loader.errors import EXIT_OK, EXIT_REJECTED, EXIT_USAGE, LoaderError
-from loader.signals import EXIT_TERMINATED, Terminated
 
 _EVIDENCE_CLIS = {
     "tdx": "attestation.tdx.cli",
@@ -52,7 +51,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from loader.config import load_config
     from loader.logs import setup_logging
     from loader.notify import Notifier
-    from loader.signals import sigterm_raises
+    from loader.signals import EXIT_TERMINATED, Terminated, sigterm_raises
 
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a core dump would hold the key and data
     setup_logging(choice=args.log_format)
@@ -63,8 +62,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         notifier.status("invalid configuration")
         logging.getLogger("trusted-loader").error("%s", exc, extra={"exit_code": exc.exit_code})
         return exc.exit_code
-    with sigterm_raises():
-        outcome = boot(cfg, report_out=args.report_out, notifier=notifier)
+    try:
+        with sigterm_raises():
+            outcome = boot(cfg, report_out=args.report_out, notifier=notifier)
+    except Terminated as exc:
+        notifier.stopping("terminated")
+        logging.getLogger("trusted-loader").error(
+            "%s; workload stopped, staged inputs wiped, no report signed",
+            exc,
+            extra={"exit_code": EXIT_TERMINATED},
+        )
+        return EXIT_TERMINATED
     _log_outcome(outcome)
     return outcome.exit_code
 
@@ -243,8 +251,6 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(exc), EXIT_USAGE, wants_json)
     except KeyboardInterrupt:
         return _fail("interrupted", EXIT_USAGE, wants_json)
-    except Terminated as exc:
-        return _fail(f"{exc}; staged inputs wiped, no report signed", EXIT_TERMINATED, wants_json)
 
 
 def _certs_errors() -> type[Exception]:

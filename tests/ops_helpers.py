@@ -24,7 +24,7 @@ for path in sorted(pathlib.Path(os.environ["TL_DATASETS"]).rglob("*")):
         data = path.read_text()
         sys.stdout.write(data)
         sys.stderr.write(data)
-(pathlib.Path(os.environ["TL_OUTPUT"]) / "count.txt").write_text("done\\n")
+(pathlib.Path(os.environ["TL_OUTPUT"]) / "env.txt").write_text(os.environ.get("NOTIFY_SOCKET", "unset"))
 sys.exit(int(os.environ.get("ENGINE_EXIT", "0")))
 """
 
@@ -36,15 +36,17 @@ class Job:
     canary: str
 
 
-def make_job(workdir: Path, *, leaky: bool = True, engine_exit: int = 0) -> Job:
+def make_job(
+    workdir: Path, *, leaky: bool = True, engine_exit: int = 0, engine_source: str | None = None
+) -> Job:
     """A demo job whose lab dataset holds a unique canary line; the approved list matches it."""
     canary = "CANARY-" + secrets.token_hex(16)
     demo.prepare_workdir(workdir)
     paths = demo.write_inputs(workdir)
     with open(next(paths["dataset:lab"].glob("*.csv")), "a", encoding="utf-8") as f:
         f.write(f"{canary},40,5.5,3.1\n")
-    if leaky:
-        paths["engine"].write_text(LEAKY_ENGINE)
+    if leaky or engine_source:
+        paths["engine"].write_text(engine_source or LEAKY_ENGINE)
     demo.write_policy(workdir, paths)
     config = demo.write_config(workdir, None)
     if engine_exit:

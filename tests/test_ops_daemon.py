@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.ops_helpers import make_job, run_daemon
+from tests.ops_helpers import REPO, loader_env, make_job, run_daemon
 
 STEPS = ["attestation", "certificate", "policy", "measurement", "extend", "decision", "wipe", "sign", "store"]
 
@@ -57,6 +62,7 @@ def test_no_dataset_content_reaches_logs_or_notifications(tmp_path: Path) -> Non
     run_dirs = list((job.workdir / "output").iterdir())
     assert len(run_dirs) == 1
     assert job.canary in (run_dirs[0] / "logs" / "stdout.log").read_text()
+    assert (run_dirs[0] / "output" / "env.txt").read_text() == "unset"  # no notify socket for it
     # ... and nowhere the loader writes its logs or talks to the service manager.
     for stream in (run.stdout, run.stderr, b"".join(run.raw_messages).decode()):
         assert job.canary not in stream
@@ -104,3 +110,38 @@ def test_text_logs_on_request(tmp_path: Path) -> None:
     lines = run.stderr.splitlines()
     assert all(line.startswith("trusted-loader: ") for line in lines)
     assert any(line.startswith("trusted-loader: measurement done in ") for line in lines)
+
+
+SLEEPY_ENGINE = """#!/usr/bin/env python3
+import os, pathlib, time
+pathlib.Path(os.environ["PIDFILE"]).write_text(str(os.getpid()))
+time.sleep(60)
+"""
+
+
+def test_sigterm_stops_the_workload_and_wipes_staging(tmp_path: Path) -> None:
+    job = make_job(tmp_path / "job", engine_source=SLEEPY_ENGINE)
+    pidfile = tmp_path / "engine.pid"
+    text = job.config.read_text().replace("timeout = 120", f'timeout = 120\nenv = {{PIDFILE = "{pidfile}"}}')
+    job.config.write_text(text)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "loader", "run", "--config", str(job.config)],
+        cwd=REPO,
+        env=loader_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 30
+    while not pidfile.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert pidfile.exists(), "the engine never started"
+    time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143
+    (record,) = [json.loads(line) for line in err.decode().splitlines() if "SIGTERM" in line]
+    assert record["msg"].startswith("stopped by signal SIGTERM; workload stopped, staged inputs wiped")
+    assert record["exit_code"] == 143
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(pidfile.read_text()), 0)
+    assert not any((job.workdir / "staging").iterdir())
