@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import serialization
 
 import loader
 from attestation import AttestationError, Attester, Evidence, attester_for, binding
+from attestation.rtmr import event_value
 from certs.selfissue import self_issue
 from loader.config import LoaderConfig
 from loader.decide import Measured, decide
@@ -29,7 +30,7 @@ from loader.errors import InputError, PolicyError
 from loader.keys import EphemeralKey
 from loader.notify import Notifier
 from loader.policy import ApprovedList, load_policy
-from loader.report import event_value, input_event, sign_report, utc_text
+from loader.report import input_event, sign_report, utc_text
 from loader.runner import StagedPaths, WorkloadResult, run_process
 from loader.spool import atomic_write, spool_report
 from loader.stage import Measurement, make_private_dir, stage_input, wipe
@@ -107,20 +108,7 @@ def boot(
             _certify(state)
         with _step(state, "policy", "loading the approved list"):
             _load_policy(state)
-        staging = make_private_dir(cfg.staging_dir / f"{cfg.job_id or 'job'}-{run_id}")
-        try:
-            with _step(state, "measurement", f"measuring 0/{len(cfg.inputs)} inputs"):
-                _measure(state, staging)
-            with _step(state, "extend", "extending the runtime register"):
-                _extend(state)
-            with _step(state, "decision", "deciding"):
-                _decide(state)
-            if not state.reasons:
-                with _step(state, "workload", "running workload"):
-                    _run(state, staging)
-        finally:
-            with _step(state, "wipe", "wiping staged inputs"):
-                state.wiped = wipe(staging)
+        _stage_and_run(state)
         with _step(state, "sign", "signing report"):
             report = _sign(state)
     finally:
@@ -129,6 +117,31 @@ def boot(
         outcome = _store(state, report, report_out)
     state.notifier.stopping(f"done verdict={outcome.verdict} exit={outcome.exit_code}")
     return outcome
+
+
+def _stage_and_run(state: BootState) -> None:
+    cfg = state.cfg
+    try:
+        staging = make_private_dir(cfg.staging_dir / f"{cfg.job_id or 'job'}-{state.run_id}")
+    except InputError as exc:
+        state.reasons.append(f"staging: {exc}")
+        log.error("%s", exc)
+        state.stamp("measured")
+        _decide(state)
+        return
+    try:
+        with _step(state, "measurement", f"measuring 0/{len(cfg.inputs)} inputs"):
+            _measure(state, staging)
+        with _step(state, "extend", "extending the runtime register"):
+            _extend(state)
+        with _step(state, "decision", "deciding"):
+            _decide(state)
+        if not state.reasons:
+            with _step(state, "workload", "running workload"):
+                _run(state, staging)
+    finally:
+        with _step(state, "wipe", "wiping staged inputs"):
+            state.wiped = wipe(staging)
 
 
 @contextlib.contextmanager

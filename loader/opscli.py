@@ -154,17 +154,9 @@ def cmd_report_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.hex()
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    return value
-
-
 def _json_doc(report: Any, check: Any) -> dict[str, Any]:
+    from loader.cli import _jsonable
+
     doc = {"digest": report.digest, **_jsonable(report.payload)}
     doc["certificates"] = [c.subject.rfc4514_string() for c in report.chain]
     if check is not None:

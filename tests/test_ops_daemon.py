@@ -97,9 +97,8 @@ def test_wrong_config_key_fails_before_ready_with_one_line(tmp_path: Path) -> No
     assert run.returncode == 2
     assert not any(m.get("READY") == "1" for m in run.messages)
     assert [m.get("STATUS") for m in run.messages] == ["invalid configuration"]
-    logs = _json_lines(run.stderr)
-    assert len(logs) == 1
-    assert "run.timout: unknown key" in str(logs[0]["msg"])
+    (line,) = run.stderr.splitlines()
+    assert line.startswith(f"error: {job.config.resolve()}: run.timout: unknown key")
     assert not (job.workdir / "spool").exists()
 
 
