@@ -88,6 +88,10 @@ def _verdict(report: Report) -> Section:
     return Section("Decision", tuple(rows))
 
 
+def _evidence_type(entry: object) -> str:
+    return str(entry.get("type")) if isinstance(entry, dict) else "(malformed)"
+
+
 def _about(report: Report) -> Section:
     p = report.payload
     signer = report.chain[0].subject.rfc4514_string() if report.chain else "?"
@@ -97,7 +101,10 @@ def _about(report: Report) -> Section:
             Row("report", report.digest),
             Row("job", f"{p['job']['id'] or '-'} (order {p['job']['order'] or '-'})"),
             Row("loader", f"{p['loader']['name']} {p['loader']['version']}"),
-            Row("tee", f"{p['tee']}; evidence: {', '.join(str(e['type']) for e in p['evidence']) or 'none'}"),
+            Row(
+                "tee",
+                f"{p['tee']}; evidence: {', '.join(_evidence_type(e) for e in p['evidence']) or 'none'}",
+            ),
             Row("policy", p["policy"]["digest"] or "(not loaded)"),
             Row("signed", f"{p['timestamps']['finished']} by {signer}"),
         ),
@@ -150,15 +157,19 @@ def _inputs(report: Report) -> Section:
 
 
 def _workload(report: Report) -> Section:
+    """parse_report checks the workload only as a map: every field is checked here."""
     wl = report.payload["workload"]
     if wl is None:
         return Section("Workload", (Row("workload", "not run"),))
-    state = "timed out" if wl["timed_out"] else f"exit {wl['exit_code']}"
-    ok = not wl["timed_out"] and wl["exit_code"] == 0 and not wl["error"]
-    rows = [Row("workload", f"{state} after {wl['ms'] / 1000:.2f} s", "ok" if ok else "bad")]
-    if wl["error"]:
-        rows.append(Row("error", str(wl["error"]), "bad"))
-    out = wl["output"]
+    timed_out, code, ms, error = (wl.get(k) for k in ("timed_out", "exit_code", "ms", "error"))
+    if not isinstance(timed_out, bool) or not isinstance(ms, int) or isinstance(ms, bool):
+        return Section("Workload", (Row("workload", "malformed workload record", "bad"),))
+    state = "timed out" if timed_out else f"exit {code}"
+    ok = not timed_out and code == 0 and not error
+    rows = [Row("workload", f"{state} after {ms / 1000:.2f} s", "ok" if ok else "bad")]
+    if error:
+        rows.append(Row("error", str(error), "bad"))
+    out = wl.get("output")
     if isinstance(out, dict):
         rows.append(Row("output", f"{out.get('digest')} ({out.get('files')} files, {out.get('size')} B)"))
     return Section("Workload", tuple(rows))
@@ -185,7 +196,9 @@ def _timings(report: Report) -> Section:
     ]
     wipe = p["wipe"]
     if isinstance(wipe, dict):
-        rows.append(Row("wiped", ", ".join(f"{k} {v}" for k, v in sorted(wipe.items()))))
+        rows.append(
+            Row("wiped", ", ".join(f"{k} {v}" for k, v in sorted(wipe.items(), key=lambda kv: str(kv[0]))))
+        )
     rows.append(Row("events", f"{len(p['events'])} runtime-register extension(s)"))
     return Section("Timings", tuple(rows))
 

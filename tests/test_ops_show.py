@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import html
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -182,3 +183,24 @@ def test_cli_show_rejects_garbage_in_one_line(tmp_path: Path) -> None:
     done = _cli(str(path))
     assert done.returncode == 1
     assert len(done.stderr.splitlines()) == 1 and done.stderr.startswith("error: ")
+
+
+@pytest.mark.parametrize(
+    ("edit", "shown"),
+    [
+        (lambda p: p.update(workload={}), "malformed workload record"),
+        (
+            lambda p: p.update(
+                workload={"timed_out": "no", "ms": 1, "exit_code": 0, "error": None, "output": None}
+            ),
+            "malformed workload record",
+        ),
+        (lambda p: p.update(evidence=[1, "x"]), "evidence: (malformed), (malformed)"),
+        (lambda p: p.update(wipe={1: 2, "a": "b"}), "wiped        1 2, a b"),
+    ],
+    ids=["empty-workload", "mistyped-workload", "evidence-not-maps", "odd-wipe"],
+)
+def test_malformed_inner_fields_render_without_crashing(report_raw: bytes, edit: Any, shown: str) -> None:
+    report = parse_report(_resigned(report_raw, edit))
+    assert shown in render_text(report)
+    assert html.escape(shown) in render_html(report)
