@@ -196,7 +196,7 @@ def test_cli_show_rejects_garbage_in_one_line(tmp_path: Path) -> None:
             "malformed workload record",
         ),
         (lambda p: p.update(evidence=[1, "x"]), "evidence: (malformed), (malformed)"),
-        (lambda p: p.update(wipe={1: 2, "a": "b"}), "wiped        1 2, a b"),
+        (lambda p: p.update(wipe={1: 2, "a": "b"}), "1 2, a b"),
     ],
     ids=["empty-workload", "mistyped-workload", "evidence-not-maps", "odd-wipe"],
 )
