@@ -7,11 +7,13 @@ Every failure after the configuration is read still ends in a signed report with
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import secrets
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,7 @@ from loader.config import LoaderConfig
 from loader.decide import Measured, decide
 from loader.errors import InputError, PolicyError
 from loader.keys import EphemeralKey
+from loader.notify import Notifier
 from loader.policy import ApprovedList, load_policy
 from loader.report import input_event, sign_report, utc_text
 from loader.runner import StagedPaths, WorkloadResult, run_process
@@ -54,6 +57,7 @@ class BootState:
     nonce: bytes
     run_id: str
     times: dict[str, str] = field(default_factory=dict)
+    notifier: Notifier = field(default_factory=Notifier.disabled)
     attester: Attester | None = None
     evidence: list[Evidence] = field(default_factory=list)
     chain: list[bytes] = field(default_factory=list)
@@ -91,22 +95,39 @@ def boot(
     report_out: Path | None = None,
     attester: Attester | None = None,
     gpu_attester: Any = None,
+    notifier: Notifier | None = None,
 ) -> BootOutcome:
-    """Run the boot sequence; `attester` and `gpu_attester` replace the configured ones (tests)."""
+    """Run the job once; `attester` and `gpu_attester` replace the configured ones (tests).
+
+    READY=1 goes to the service manager (`notifier`) as soon as the key exists.
+    """
     run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(4)
     state = BootState(
-        cfg=cfg, key=EphemeralKey(), nonce=secrets.token_bytes(binding.NONCE_LEN), run_id=run_id
+        cfg=cfg,
+        key=EphemeralKey(),
+        nonce=secrets.token_bytes(binding.NONCE_LEN),
+        run_id=run_id,
+        notifier=notifier or Notifier.disabled(),
     )
     state.stamp("started")
+    state.notifier.ready(f"job {cfg.job_id or run_id}: key generated")
+    log.info("job %s started (run %s, tee %s)", cfg.job_id or "-", run_id, cfg.tee)
     try:
-        _attest(state, attester, gpu_attester)
-        _certify(state)
-        _load_policy(state)
+        with _step(state, "attestation", "attesting"):
+            _attest(state, attester, gpu_attester)
+        with _step(state, "certificate", "certifying the key"):
+            _certify(state)
+        with _step(state, "policy", "loading the approved list"):
+            _load_policy(state)
         _stage_and_run(state)
-        report = _sign(state)
+        with _step(state, "sign", "signing report"):
+            report = _sign(state)
     finally:
         state.key.discard()
-    return _store(state, report, report_out)
+    with _step(state, "store", "storing report"):
+        outcome = _store(state, report, report_out)
+    state.notifier.stopping(f"done verdict={outcome.verdict} exit={outcome.exit_code}")
+    return outcome
 
 
 def _stage_and_run(state: BootState) -> None:
@@ -120,17 +141,30 @@ def _stage_and_run(state: BootState) -> None:
         _decide(state)
         return
     try:
-        _measure(state, staging)
-        _extend(state)
-        _decide(state)
+        with _step(state, "measurement", f"measuring 0/{len(cfg.inputs)} inputs"):
+            _measure(state, staging)
+        with _step(state, "extend", "extending the runtime register"):
+            _extend(state)
+        with _step(state, "decision", "deciding"):
+            _decide(state)
         if not state.reasons:
-            _run(state, staging)
+            with _step(state, "workload", "running workload"):
+                _run(state, staging)
     finally:
-        state.wiped = wipe(staging)
+        with _step(state, "wipe", "wiping staged inputs"):
+            state.wiped = wipe(staging)
 
 
-def _step(name: str, start: float) -> None:
-    log.info("%s done in %.3f s", name, time.monotonic() - start)
+@contextlib.contextmanager
+def _step(state: BootState, name: str, status: str) -> Iterator[None]:
+    """One boot step: STATUS= to the service manager, then one log record with its duration."""
+    state.notifier.status(status)
+    start = time.monotonic()
+    try:
+        yield
+    finally:
+        seconds = time.monotonic() - start
+        log.info("%s done in %.3f s", name, seconds, extra={"step": name, "seconds": round(seconds, 6)})
 
 
 def _attest(state: BootState, attester: Attester | None, gpu_attester: Any) -> None:
@@ -138,7 +172,6 @@ def _attest(state: BootState, attester: Attester | None, gpu_attester: Any) -> N
 
     With a CA the nonce is the CA's and evidence is collected again for each attempt.
     """
-    start = time.monotonic()
     try:
         state.attester = cpu = attester or attester_for(state.cfg.tee, root=state.cfg.tee_root)
         if state.cfg.gpu_mode != "none" or gpu_attester is not None:
@@ -158,7 +191,6 @@ def _attest(state: BootState, attester: Attester | None, gpu_attester: Any) -> N
     if state.gpu_failure:
         state.attestation_failed = True
         state.reasons.append(state.gpu_failure)
-    _step("attestation", start)
 
 
 def _collect(state: BootState, attester: Attester, nonce: bytes) -> list[Evidence]:
@@ -254,7 +286,9 @@ def _load_policy(state: BootState) -> None:
 
 def _measure(state: BootState, staging: Path) -> None:
     start = time.monotonic()
-    for spec in state.cfg.inputs:
+    total = len(state.cfg.inputs)
+    for index, spec in enumerate(state.cfg.inputs, start=1):
+        state.notifier.status(f"measuring {index}/{total} inputs")
         try:
             m = stage_input(spec, staging / "inputs")
         except InputError as exc:
@@ -267,7 +301,6 @@ def _measure(state: BootState, staging: Path) -> None:
         )
     state.hash_seconds = time.monotonic() - start
     state.stamp("measured")
-    _step("measurement", start)
 
 
 def _extend(state: BootState) -> None:
@@ -312,11 +345,9 @@ def _run(state: BootState, staging: Path) -> None:
         output=staging / "output",
         logs=staging / "logs",
     )
-    start = time.monotonic()
     state.workload = run_process(
         state.cfg.run.command, paths, timeout=state.cfg.run.timeout, extra_env=dict(state.cfg.run.env)
     )
-    _step("workload", start)
     state.output = _collect_output(state, paths)
 
 
