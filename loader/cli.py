@@ -45,14 +45,16 @@ def _read(path: Path, what: str, limit: int = 64 << 20) -> bytes:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from loader import chain_cli
     from loader.boot import boot
     from loader.config import load_config
 
     _setup_logging(True)
     cfg = load_config(args.config, ca_url=args.ca_url)
+    settings, sinks = chain_cli.prepare(cfg.publish, args)
     outcome = boot(cfg, report_out=args.report_out)
     _print_outcome(outcome)
-    return outcome.exit_code
+    return chain_cli.after_boot(cfg.spool_dir, outcome.report, outcome.exit_code, settings, sinks)
 
 
 def _print_outcome(outcome: Any) -> None:
@@ -70,7 +72,7 @@ def _print_outcome(outcome: Any) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     import tempfile
 
-    from loader import demo
+    from loader import chain_cli, demo
     from loader.boot import boot
     from loader.config import load_config
     from loader.verify import verify_report
@@ -78,12 +80,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _setup_logging(args.verbose)
     workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="trusted-loader-demo-"))).resolve()
     config_path = demo.build(workdir, args.ca_url)
-    outcome = boot(load_config(config_path, ca_url=args.ca_url), report_out=workdir / "report.cbor")
+    cfg = load_config(config_path, ca_url=args.ca_url)
+    outcome = boot(cfg, report_out=workdir / "report.cbor")
     check = verify_report(outcome.report, allow_mock=True)
     sys.stdout.write(demo.summary(workdir, outcome, check))
     if not check.ok:
         return EXIT_REJECTED
-    return outcome.exit_code
+    return chain_cli.demo_chain(workdir, outcome.report, cfg.spool_dir, outcome.exit_code, args)
 
 
 def cmd_digest(args: argparse.Namespace) -> int:
@@ -175,6 +178,8 @@ def _time(text: str) -> dt.datetime:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from loader import chain_cli
+
     parser = argparse.ArgumentParser(prog="trusted-loader", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -182,12 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", type=Path, required=True)
     run.add_argument("--report-out", type=Path)
     run.add_argument("--ca-url")
+    chain_cli.add_publish_options(run)
     run.set_defaults(func=cmd_run)
 
     demo = sub.add_parser("demo", help="the whole flow on the mock TEE with sample inputs")
     demo.add_argument("--workdir", type=Path)
     demo.add_argument("--ca-url")
     demo.add_argument("--verbose", action="store_true")
+    chain_cli.add_publish_options(demo)
     demo.set_defaults(func=cmd_demo)
 
     digest = sub.add_parser("digest", help="print sha256:<hex> of a file or directory")
@@ -208,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--allow-mock", action="store_true")
     verify.add_argument("--json", action="store_true")
     verify.set_defaults(func=cmd_report_verify)
+
+    chain_cli.add_commands(sub, report)
 
     rep = sub.add_parser("replay", help="compare your copies of the inputs with a report")
     rep.add_argument("report", type=Path)

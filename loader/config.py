@@ -7,12 +7,13 @@ directory can be moved as a whole. Unknown keys are errors that name the key.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from loader.errors import ConfigError
 from loader.policy import valid_name
+from loader.publish.settings import PublishSettings, parse_publish
 from loader.stage import InputSpec
 
 MAX_CONFIG_BYTES = 256 * 1024
@@ -39,6 +40,7 @@ class LoaderConfig:
     output_dir: Path
     run: RunSettings
     ca_url: str | None
+    publish: PublishSettings = field(default_factory=PublishSettings)
 
 
 class _Section:
@@ -146,6 +148,7 @@ def _parse(data: dict[str, Any], source: Path, ca_url: str | None) -> LoaderConf
         output_dir=top.path("output_dir", base, "output"),
         run=run,
         ca_url=url,
+        publish=parse_publish(top.table("publish"), base),
     )
     top.finish()
     return cfg

@@ -16,5 +16,5 @@ class Backoff:
     def delay(self, attempts: int, rng: random.Random | None = None) -> float:
         """Seconds to wait after `attempts` consecutive failures (attempts >= 1)."""
         raw = min(self.cap, self.base * self.factor ** max(0, min(attempts - 1, 64)))
-        spread = (rng or random).uniform(1 - self.jitter, 1)  # noqa: S311 - jitter, not a secret
+        spread = (rng or random).uniform(1 - self.jitter, 1)
         return raw * spread

@@ -15,10 +15,10 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from loader.errors import PublishError
 from loader.publish.backoff import Backoff
 from loader.publish.ledger import DeliveryRecord, Ledger, SpoolEntry
 from loader.publish.sinks import DeliveryError, Sink
-from loader.errors import PublishError
 
 log = logging.getLogger("trusted-loader")
 
@@ -98,7 +98,12 @@ class Delivery:
         self.ledger.write(
             entry, replace(current, state="delivered", receipt=receipt, last_error=None, next_attempt=0.0)
         )
-        log.info("%s delivered to %s%s", entry.digest, sink.label, " (already there)" if receipt.get("already") else "")
+        log.info(
+            "%s delivered to %s%s",
+            entry.digest,
+            sink.label,
+            " (already there)" if receipt.get("already") else "",
+        )
 
     def _failed(self, entry: SpoolEntry, record: DeliveryRecord, exc: DeliveryError) -> None:
         attempts = record.attempts + 1
@@ -115,7 +120,9 @@ class Delivery:
                 if self.only is not None and entry.hex not in self.only:
                     continue
                 record = self.ledger.record(entry, sink.id)
-                detail = _describe(record.receipt) if record.delivered else (record.last_error or "not attempted")
+                detail = (
+                    _describe(record.receipt) if record.delivered else (record.last_error or "not attempted")
+                )
                 result.append(Outcome(sink.id, entry.digest, record.delivered, detail, record.receipt))
         return result
 

@@ -65,7 +65,12 @@ def rpc(what: str) -> Iterator[None]:
         yield
     except DeliveryError:
         raise
-    except (requests.ConnectionError, requests.Timeout, w3x.ProviderConnectionError, w3x.RequestTimedOut) as exc:
+    except (
+        requests.ConnectionError,
+        requests.Timeout,
+        w3x.ProviderConnectionError,
+        w3x.RequestTimedOut,
+    ) as exc:
         raise DeliveryError(f"{what}: node unreachable ({type(exc).__name__})", unavailable=True) from None
     except w3x.TimeExhausted:
         raise DeliveryError(f"{what}: no receipt before the timeout", unavailable=True) from None
@@ -81,7 +86,9 @@ def rpc(what: str) -> Iterator[None]:
 def connect(rpc_url: str, timeout: float = 10.0) -> Web3:
     """A Web3 client for a JSON-RPC endpoint over HTTP(S); requests time out after `timeout`."""
     if not rpc_url.startswith(("http://", "https://")):
-        raise DeliveryError(f"--rpc-url: expected an http:// or https:// URL, found {rpc_url!r}", permanent=True)
+        raise DeliveryError(
+            f"--rpc-url: expected an http:// or https:// URL, found {rpc_url!r}", permanent=True
+        )
     provider = HTTPProvider(rpc_url, request_kwargs={"timeout": timeout}, exception_retry_configuration=None)
     return _with_middleware(Web3(provider))
 
@@ -95,7 +102,7 @@ def _with_middleware(w3: Web3) -> Web3:
 def account_of(key: OperatorKey) -> LocalAccount:
     try:
         return Account.from_key(key.secret())
-    except Exception:  # noqa: BLE001 - the message could carry key material; say nothing of it
+    except Exception:
         raise DeliveryError("the account key is not a usable secp256k1 key", permanent=True) from None
 
 
@@ -187,7 +194,9 @@ class Registry:
 
     def __init__(self, w3: Web3, address: str) -> None:
         if not Web3.is_address(address):
-            raise DeliveryError(f"--contract: expected a 0x-prefixed 20-byte address, found {address!r}", permanent=True)
+            raise DeliveryError(
+                f"--contract: expected a 0x-prefixed 20-byte address, found {address!r}", permanent=True
+            )
         self.w3 = w3
         self.address = Web3.to_checksum_address(address)
         self.contract = w3.eth.contract(address=self.address, abi=artifact()["abi"])
@@ -244,7 +253,8 @@ class Registry:
         found = self.find(digest)
         if found is not None and hashlib.sha256(found.report).digest() != digest:
             raise DeliveryError(
-                f"the report in transaction {found.tx_hash} does not hash to sha256:{digest.hex()}", permanent=True
+                f"the report in transaction {found.tx_hash} does not hash to sha256:{digest.hex()}",
+                permanent=True,
             )
         return found
 
@@ -262,7 +272,9 @@ class EvmSink:
         w3: Web3 | None = None,
     ) -> None:
         if not Web3.is_address(contract):
-            raise DeliveryError(f"--contract: expected a 0x-prefixed 20-byte address, found {contract!r}", permanent=True)
+            raise DeliveryError(
+                f"--contract: expected a 0x-prefixed 20-byte address, found {contract!r}", permanent=True
+            )
         self.rpc_url, self.expected_chain = rpc_url, chain_id
         self.key = key
         self.id = "evm-" + contract.lower().removeprefix("0x")
@@ -321,8 +333,11 @@ class EvmSink:
                 tx = registry.w3.eth.get_transaction(tx_hash)
             except w3x.TransactionNotFound:
                 return None
-        log.info("resuming: transaction %s from an earlier attempt is %s", tx_hash,
-                 "pending" if tx.get("blockNumber") is None else "mined")
+        log.info(
+            "resuming: transaction %s from an earlier attempt is %s",
+            tx_hash,
+            "pending" if tx.get("blockNumber") is None else "mined",
+        )
         with contextlib.suppress(DeliveryError):
             wait_receipt(registry.w3, tx_hash, deadline=deadline)
         return registry.find(digest)

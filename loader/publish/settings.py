@@ -1,14 +1,14 @@
 """The `[publish]` section of the loader configuration, and the CLI flags that override it.
 
-    [publish.evm]
-    rpc_url = "http://127.0.0.1:8545"
-    contract = "0x..."                 # a ReportRegistry (see `trusted-loader chain deploy`)
-    account_key_file = "operator.key"  # hex private key, mode 0600 (relative to this file)
-    chain_id = 204                     # optional: refuse a node on another chain
-    timeout = 60                       # seconds `run` spends publishing before exit code 6
+[publish.evm]
+rpc_url = "http://127.0.0.1:8545"
+contract = "0x..."                 # a ReportRegistry (see `trusted-loader chain deploy`)
+account_key_file = "operator.key"  # hex private key, mode 0600 (relative to this file)
+chain_id = 204                     # optional: refuse a node on another chain
+timeout = 60                       # seconds `run` spends publishing before exit code 6
 
-    [publish.file]
-    dir = "/var/lib/trusted-loader/outbox"
+[publish.file]
+dir = "/var/lib/trusted-loader/outbox"
 """
 
 from __future__ import annotations
@@ -55,7 +55,9 @@ def parse_publish(section: _Section, base: Path) -> PublishSettings:
         )
         timeout = evm_section.get("timeout", (int, float), DEFAULT_TIMEOUT)
         if not 0 < timeout <= MAX_TIMEOUT:
-            raise evm_section.error("timeout", f"expected seconds between 0 and {MAX_TIMEOUT:.0f}, found {timeout}")
+            raise evm_section.error(
+                "timeout", f"expected seconds between 0 and {MAX_TIMEOUT:.0f}, found {timeout}"
+            )
     evm_section.finish()
     file_section = section.table("file")
     file_dir = file_section.path("dir", base) if file_section.data else None
