@@ -21,6 +21,7 @@ class EmbeddedChain:
 def start() -> EmbeddedChain:
     try:
         from eth_tester import EthereumTester, PyEVMBackend
+        from eth_tester.exceptions import TransactionFailed
         from web3 import EthereumTesterProvider, Web3
     except ImportError as exc:
         from loader.errors import PublishError
@@ -29,6 +30,10 @@ def start() -> EmbeddedChain:
             f"the embedded chain needs eth-tester and py-evm ({exc.name} is missing): "
             "pip install 'cvm-trusted-loader[chain-dev]'"
         ) from exc
+    from loader.publish import evm
+
+    if TransactionFailed not in evm.REVERTS:
+        evm.REVERTS.append(TransactionFailed)
     backend = PyEVMBackend()
     w3 = Web3(EthereumTesterProvider(EthereumTester(backend)))
     key = OperatorKey(bytes(backend.account_keys[0].to_bytes()))

@@ -32,6 +32,7 @@ from web3 import HTTPProvider, Web3
 from web3 import exceptions as w3x
 from web3.middleware import ExtraDataToPOAMiddleware
 
+from loader.errors import ReportError
 from loader.publish.keyfile import OperatorKey
 from loader.publish.ledger import DeliveryRecord
 from loader.publish.sinks import DeliveryError, SaveIntent
@@ -43,6 +44,8 @@ ARTIFACT = "ReportRegistry.json"
 TEST_PAUSE_ENV = "TRUSTED_LOADER_TEST_PAUSE_AFTER_SEND"
 MAX_RPC_TIMEOUT = 30.0
 GAS_MARGIN = 1.2
+# Exceptions meaning "the contract reverted"; the embedded chain adds eth-tester's own.
+REVERTS: list[type[Exception]] = [w3x.ContractLogicError]
 
 
 @cache
@@ -74,13 +77,17 @@ def rpc(what: str) -> Iterator[None]:
         raise DeliveryError(f"{what}: node unreachable ({type(exc).__name__})", unavailable=True) from None
     except w3x.TimeExhausted:
         raise DeliveryError(f"{what}: no receipt before the timeout", unavailable=True) from None
-    except w3x.ContractLogicError as exc:
-        raise DeliveryError(f"{what}: the contract refused: {exc}", permanent=True) from None
+    except tuple(REVERTS) as exc:
+        raise DeliveryError(f"{what}: the contract refused: {_first_line(exc)}", permanent=True) from None
     except requests.RequestException as exc:
         raise DeliveryError(f"{what}: HTTP request failed ({type(exc).__name__})", unavailable=True) from None
     except (w3x.Web3Exception, ValueError, KeyError) as exc:
-        message = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
-        raise DeliveryError(f"{what}: {message}") from None
+        raise DeliveryError(f"{what}: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc)
+    return text.splitlines()[0][:300] if text.strip() else type(exc).__name__
 
 
 def connect(rpc_url: str, timeout: float = 10.0) -> Web3:
@@ -308,7 +315,12 @@ class EvmSink:
             found = self._resume(registry, digest, record.intent["tx_hash"], deadline)
         if found is not None:
             return self._receipt(found, already=True)
-        subject = report_subject(report)
+        try:
+            subject = report_subject(report)
+        except ReportError as exc:
+            raise DeliveryError(
+                f"the spooled file is not a report this loader publishes: {exc}", permanent=True
+            ) from None
         data = registry.contract.encode_abi("publish", args=(digest, subject, report))
 
         def on_signed(tx_hash: str, nonce: int) -> None:
