@@ -291,12 +291,12 @@ def demo_chain(workdir: Path, report: bytes, spool_dir: Path, code: int, args: a
     from loader.publish.ledger import Ledger
     from loader.verify import verify_report
 
-    evm = _evm()
     try:
         chain = embedded.start()
     except PublishError as exc:
-        print(f"  chain     skipped: {exc}", file=sys.stderr)
+        sys.stdout.write(f"  chain     skipped: {exc}\n")
         return code
+    evm = _evm()
     start = time.monotonic()
     address, _ = evm.deploy(chain.w3, chain.key, deadline=start + 60)
     sink = evm.EvmSink("embedded", address, chain.key, w3=chain.w3)

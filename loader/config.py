@@ -40,6 +40,7 @@ class LoaderConfig:
     output_dir: Path
     run: RunSettings
     ca_url: str | None
+    gpu_mode: str = "none"
     publish: PublishSettings = field(default_factory=PublishSettings)
 
 
@@ -136,6 +137,7 @@ def _parse(data: dict[str, Any], source: Path, ca_url: str | None) -> LoaderConf
     ca = top.table("ca")
     url = ca_url or ca.get("url", str, None)
     ca.finish()
+    gpu_mode = _gpu_mode(top.table("gpu"), tee)
     cfg = LoaderConfig(
         path=source,
         tee=tee,
@@ -148,10 +150,24 @@ def _parse(data: dict[str, Any], source: Path, ca_url: str | None) -> LoaderConf
         output_dir=top.path("output_dir", base, "output"),
         run=run,
         ca_url=url,
+        gpu_mode=gpu_mode,
         publish=parse_publish(top.table("publish"), base),
     )
     top.finish()
     return cfg
+
+
+def _gpu_mode(section: _Section, tee: str) -> str:
+    """`[gpu] mode`: "none" (default), "nvml" (every CC-mode GPU through NVML) or "mock"."""
+    from attestation.nvidia import GPU_MODES
+
+    mode = section.get("mode", str, "none")
+    if mode not in GPU_MODES:
+        raise section.error("mode", f"expected one of {list(GPU_MODES)}, found {mode!r}")
+    if mode == "mock" and tee != "mock":
+        raise section.error("mode", f"'mock' GPUs are only allowed with tee = 'mock', not {tee!r}")
+    section.finish()
+    return mode
 
 
 def _inputs(section: _Section, base: Path) -> tuple[InputSpec, ...]:

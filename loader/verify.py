@@ -14,10 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from attestation import AttestationError, Evidence, Result, Trust, binding, verifier_for
+from attestation.nvidia import GPU_EVIDENCE_TYPES
+from attestation.rtmr import event_value
 from certs.chain import verify_chain
 from certs.errors import CertsError
 from certs.extensions import decode_evidence_extension
@@ -25,9 +28,9 @@ from loader import cose
 from loader.decide import Measured, decide
 from loader.errors import PolicyError, ReportError
 from loader.policy import parse_policy
-from loader.report import Report, event_value, input_event, parse_report
+from loader.report import Report, input_event, parse_report
 
-GPU_TYPES = ("nvidia", "mock-gpu")
+GPU_TYPES = GPU_EVIDENCE_TYPES
 
 
 @dataclass
@@ -89,12 +92,13 @@ def check_signer(result: Verification, report: Report) -> bool:
     if not report.chain:
         return result.add("signer", False, "x5chain is empty")
     leaf = report.chain[0]
-    spki = leaf.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    try:
+        public = leaf.public_key()
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        return result.add("signer", False, f"the certificate's public key does not parse ({exc})")
+    spki = public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     if not hmac.compare_digest(spki, report.payload["key"]["spki"]):
         return result.add("signer", False, "the certificate's key is not the key named in the payload")
-    public = leaf.public_key()
     if not isinstance(public, ec.EllipticCurvePublicKey):
         return result.add("signer", False, "the certificate's key is not an EC key")
     ok = cose.verify_sign1(report.envelope, public)
@@ -213,7 +217,8 @@ def _decision(result: Verification, report: Report) -> None:
         result.add("decision", False, "policy.digest is not the digest of policy.document")
         return
     measured = [Measured(i["role"], i["name"], i["digest"]) for i in payload["inputs"]]
-    derived = decide(policy, measured, payload["tee"])
+    gpus = sum(1 for e in payload["evidence"] if isinstance(e, dict) and e.get("type") in GPU_TYPES)
+    derived = decide(policy, measured, payload["tee"], gpus=gpus)
     missing = [r for r in derived if r not in reasons]
     if verdict == "run" and derived:
         result.add("decision", False, f"the report says run, but: {derived[0]}")
