@@ -174,10 +174,15 @@ def after_boot(
     """Publish after `run`: the job's exit code, or 6 when it succeeded but publishing did not."""
     if not sinks:
         return job_code
-    outcomes = publish_report(spool_dir, report, sinks, settings.timeout)
-    ok = report_outcomes(outcomes, spool_dir)
-    for sink in sinks:
-        sink.close()
+    try:
+        outcomes = publish_report(spool_dir, report, sinks, settings.timeout)
+        ok = report_outcomes(outcomes, spool_dir)
+    except PublishError as exc:  # e.g. the spool lock: the report is stored all the same
+        print(f"NOT PUBLISHED: {exc}; the report stays in {spool_dir}", file=sys.stderr)
+        ok = False
+    finally:
+        for sink in sinks:
+            sink.close()
     if ok or job_code != EXIT_OK:
         return job_code
     return EXIT_NOT_PUBLISHED
