@@ -24,7 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
-from certs import wire
+from certs import jsonlimits, wire
 from certs.ca import CertificateAuthority, Refusal
 
 log = logging.getLogger("certs.service")
@@ -114,7 +114,7 @@ async def _certificates(request: web.Request) -> web.Response:
         return _error("unsupported_media_type", f"expected application/json, found {found}", 415)
     body = await request.read()
     try:
-        doc = json.loads(body)
+        doc = jsonlimits.loads(body)
     except (ValueError, RecursionError) as exc:
         return _error("bad_request", f"request body is not JSON ({type(exc).__name__})", 400)
     slots = request.app[_SLOTS]

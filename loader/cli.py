@@ -48,6 +48,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """The daemon: same behaviour under systemd (NOTIFY_SOCKET) and in a container (none)."""
     import resource
 
+    from loader import chain_cli
     from loader.boot import boot
     from loader.config import load_config
     from loader.logs import setup_logging
@@ -59,6 +60,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     notifier = Notifier.from_env()
     try:
         cfg = load_config(args.config, ca_url=args.ca_url)
+        settings, sinks = chain_cli.prepare(cfg.publish, args)
     except LoaderError:
         notifier.status("invalid configuration")
         raise  # one "error: FILE: KEY: ..." line, as every command prints it
@@ -74,7 +76,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         return EXIT_TERMINATED
     _log_outcome(outcome)
-    return outcome.exit_code
+    return chain_cli.after_boot(cfg.spool_dir, outcome.report, outcome.exit_code, settings, sinks)
 
 
 def _log_outcome(outcome: Any) -> None:
@@ -94,7 +96,7 @@ def _log_outcome(outcome: Any) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     import tempfile
 
-    from loader import demo
+    from loader import chain_cli, demo
     from loader.boot import boot
     from loader.config import load_config
     from loader.verify import verify_report
@@ -102,12 +104,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _setup_logging(args.verbose)
     workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="trusted-loader-demo-"))).resolve()
     config_path = demo.build(workdir, args.ca_url)
-    outcome = boot(load_config(config_path, ca_url=args.ca_url), report_out=workdir / "report.cbor")
-    check = verify_report(outcome.report, ca=_demo_ca(args.ca_url, outcome.report), allow_mock=True)
+    cfg = load_config(config_path, ca_url=args.ca_url)
+    outcome = boot(cfg, report_out=workdir / "report.cbor")
+    ca = _demo_ca(args.ca_url, outcome.report)
+    check = verify_report(outcome.report, ca=ca, allow_mock=True)
     sys.stdout.write(demo.summary(workdir, outcome, check, ca_url=args.ca_url))
     if not check.ok:
         return EXIT_REJECTED
-    return outcome.exit_code
+    return chain_cli.demo_chain(workdir, outcome.report, cfg.spool_dir, outcome.exit_code, args, ca)
 
 
 def _demo_ca(ca_url: str | None, report: bytes) -> list[Any]:
@@ -198,6 +202,8 @@ def _time(text: str) -> dt.datetime:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from loader import chain_cli
+
     parser = argparse.ArgumentParser(prog="trusted-loader", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -208,12 +214,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--log-format", choices=["auto", "json", "text"], default="auto", help="auto: JSON unless a terminal"
     )
+    chain_cli.add_publish_options(run)
     run.set_defaults(func=cmd_run)
 
     demo = sub.add_parser("demo", help="the whole flow on the mock TEE with sample inputs")
     demo.add_argument("--workdir", type=Path)
     demo.add_argument("--ca-url")
     demo.add_argument("--verbose", action="store_true")
+    chain_cli.add_publish_options(demo)
     demo.set_defaults(func=cmd_demo)
 
     digest = sub.add_parser("digest", help="print sha256:<hex> of a file or directory")
@@ -231,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--allow-mock", action="store_true")
     verify.add_argument("--json", action="store_true")
     verify.set_defaults(func=cmd_report_verify)
+
+    chain_cli.add_commands(sub, report)
 
     rep = sub.add_parser("replay", help="compare your copies of the inputs with a report")
     rep.add_argument("report", type=Path)

@@ -9,12 +9,13 @@ from __future__ import annotations
 import difflib
 import os
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from loader.errors import ConfigError
 from loader.policy import valid_name
+from loader.publish.settings import PublishSettings, parse_publish
 from loader.stage import InputSpec
 
 MAX_CONFIG_BYTES = 256 * 1024
@@ -45,6 +46,7 @@ class LoaderConfig:
     ca_cert: Path | None = None
     """Pinned CA certificate (PEM): enrollment refuses a chain that does not end there."""
     ca_attempts: int = 5
+    publish: PublishSettings = field(default_factory=PublishSettings)
 
 
 class _Section:
@@ -183,6 +185,7 @@ def _parse(data: dict[str, Any], source: Path, ca_url: str | None) -> LoaderConf
         gpu_mode=gpu_mode,
         ca_cert=ca_cert,
         ca_attempts=ca_attempts,
+        publish=parse_publish(top.table("publish"), base),
     )
     top.finish()
     return cfg

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from attestation.evidence import Evidence
-from certs import wire
+from certs import jsonlimits, wire
 from certs.chain import load_certificates, verify_chain
 from certs.csr import build_csr
 from certs.errors import CertsError
@@ -108,7 +108,7 @@ class CaClient:
     def _json(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
         status, raw = self._call(method, path, body)
         try:
-            doc = json.loads(raw)
+            doc = jsonlimits.loads(raw)
         except ValueError:
             doc = None
         if not isinstance(doc, dict):

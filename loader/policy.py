@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from certs import jsonlimits
 from loader.digest import format_digest, parse_digest
 from loader.errors import PolicyError
 
@@ -87,8 +88,8 @@ def _parse(raw: bytes) -> ApprovedList:
     if len(raw) > MAX_POLICY_BYTES:
         raise PolicyError(f"{len(raw)} bytes, more than the {MAX_POLICY_BYTES} allowed")
     try:
-        doc = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        doc = jsonlimits.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except (UnicodeDecodeError, json.JSONDecodeError, jsonlimits.JsonTooDeep) as exc:
         raise PolicyError(f"not valid UTF-8 JSON ({exc})") from exc
     if not isinstance(doc, dict):
         raise PolicyError("expected a JSON object at the top level")

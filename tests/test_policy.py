@@ -66,3 +66,22 @@ def test_arbitrary_bytes_never_crash(raw: bytes) -> None:
         parse_policy(raw, "p.json")
     except PolicyError as exc:
         assert str(exc).startswith("p.json: ")
+
+
+def test_deeply_nested_policy_is_refused_without_recursing() -> None:
+    import sys
+
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(200_000)  # as py-evm does on import: json.loads alone would crash
+    try:
+        with pytest.raises(PolicyError, match="nested 100000 levels deep"):
+            parse_policy(b"[" * 100_000 + b"]" * 100_000, "p.json")
+    finally:
+        sys.setrecursionlimit(limit)
+
+
+def test_nesting_depth_ignores_brackets_in_strings() -> None:
+    from certs.jsonlimits import loads, nesting_depth
+
+    assert nesting_depth(b'{"a": "[[[[\\"{{{", "b": [1, {"c": []}]}') == 4
+    assert loads(b'{"a": "[[[["}', max_depth=1) == {"a": "[[[["}
