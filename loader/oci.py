@@ -189,7 +189,7 @@ class LayoutDir:
         except InputError:
             return False
         try:
-            return stat.S_ISREG(os.stat(last, dir_fd=fd, follow_symlinks=False).st_mode)
+            return not stat.S_ISDIR(os.stat(last, dir_fd=fd, follow_symlinks=False).st_mode)
         except OSError:
             return False
         finally:
