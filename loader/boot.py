@@ -20,13 +20,14 @@ from cryptography.hazmat.primitives import serialization
 
 import loader
 from attestation import AttestationError, Attester, Evidence, attester_for, binding
+from attestation.rtmr import event_value
 from certs.selfissue import self_issue
 from loader.config import LoaderConfig
 from loader.decide import Measured, decide
 from loader.errors import InputError, PolicyError
 from loader.keys import EphemeralKey
 from loader.policy import ApprovedList, load_policy
-from loader.report import event_value, input_event, sign_report, utc_text
+from loader.report import input_event, sign_report, utc_text
 from loader.runner import StagedPaths, WorkloadResult, run_process
 from loader.spool import atomic_write, spool_report
 from loader.stage import Measurement, make_private_dir, stage_input, wipe
@@ -89,19 +90,31 @@ def boot(
         _attest(state, attester)
         _certify(state)
         _load_policy(state)
-        staging = make_private_dir(cfg.staging_dir / f"{cfg.job_id or 'job'}-{run_id}")
-        try:
-            _measure(state, staging)
-            _extend(state)
-            _decide(state)
-            if not state.reasons:
-                _run(state, staging)
-        finally:
-            state.wiped = wipe(staging)
+        _stage_and_run(state)
         report = _sign(state)
     finally:
         state.key.discard()
     return _store(state, report, report_out)
+
+
+def _stage_and_run(state: BootState) -> None:
+    cfg = state.cfg
+    try:
+        staging = make_private_dir(cfg.staging_dir / f"{cfg.job_id or 'job'}-{state.run_id}")
+    except InputError as exc:
+        state.reasons.append(f"staging: {exc}")
+        log.error("%s", exc)
+        state.stamp("measured")
+        _decide(state)
+        return
+    try:
+        _measure(state, staging)
+        _extend(state)
+        _decide(state)
+        if not state.reasons:
+            _run(state, staging)
+    finally:
+        state.wiped = wipe(staging)
 
 
 def _step(name: str, start: float) -> None:

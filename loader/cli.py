@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from attestation.clikit import fail
 from loader.errors import EXIT_OK, EXIT_REJECTED, EXIT_USAGE, LoaderError
 
 _EVIDENCE_CLIS = {
@@ -235,25 +236,17 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         return int(args.func(args))
     except LoaderError as exc:
-        return _fail(str(exc), exc.exit_code, wants_json)
+        return fail(str(exc), exc.exit_code, wants_json)
     except _certs_errors() as exc:
-        return _fail(str(exc), EXIT_USAGE, wants_json)
+        return fail(str(exc), EXIT_USAGE, wants_json)
     except KeyboardInterrupt:
-        return _fail("interrupted", EXIT_USAGE, wants_json)
+        return fail("interrupted", EXIT_USAGE, wants_json)
 
 
 def _certs_errors() -> type[Exception]:
     from certs.errors import CertsError
 
     return CertsError
-
-
-def _fail(message: str, code: int, as_json: bool) -> int:
-    if as_json:
-        json.dump({"ok": False, "error": message}, sys.stdout)
-        sys.stdout.write("\n")
-    print(f"error: {message}", file=sys.stderr)
-    return code
 
 
 if __name__ == "__main__":

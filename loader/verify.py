@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from attestation import AttestationError, Evidence, Result, Trust, binding, verifier_for
+from attestation.rtmr import event_value
 from certs.chain import verify_chain
 from certs.errors import CertsError
 from certs.extensions import decode_evidence_extension
@@ -25,7 +27,7 @@ from loader import cose
 from loader.decide import Measured, decide
 from loader.errors import PolicyError, ReportError
 from loader.policy import parse_policy
-from loader.report import Report, event_value, input_event, parse_report
+from loader.report import Report, input_event, parse_report
 
 GPU_TYPES = ("nvidia", "mock-gpu")
 
@@ -89,12 +91,13 @@ def check_signer(result: Verification, report: Report) -> bool:
     if not report.chain:
         return result.add("signer", False, "x5chain is empty")
     leaf = report.chain[0]
-    spki = leaf.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    try:
+        public = leaf.public_key()
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        return result.add("signer", False, f"the certificate's public key does not parse ({exc})")
+    spki = public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     if not hmac.compare_digest(spki, report.payload["key"]["spki"]):
         return result.add("signer", False, "the certificate's key is not the key named in the payload")
-    public = leaf.public_key()
     if not isinstance(public, ec.EllipticCurvePublicKey):
         return result.add("signer", False, "the certificate's key is not an EC key")
     ok = cose.verify_sign1(report.envelope, public)
