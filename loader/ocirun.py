@@ -30,9 +30,13 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from loader.errors import RunnerError
+from loader.errors import InputError, RunnerError
 from loader.runner import StagedPaths, WorkloadResult, _terminate, expand
+
+if TYPE_CHECKING:
+    from loader.config import RunSettings
 
 INPUTS = Path("/inputs")
 OUTPUT = Path("/output")
@@ -208,3 +212,31 @@ def _remove(settings: OciSettings, name: str) -> None:
             timeout=60,
             check=False,
         )
+
+
+def oci_mismatch(runtime: str, engine_kind: str | None) -> str | None:
+    """Why this runtime cannot run this engine, or None: OCI images need runtime 'oci' and back."""
+    if runtime == "oci" and engine_kind != "oci":
+        return f"run.runtime is 'oci' but the engine was measured as a {engine_kind}, not an OCI image"
+    if runtime != "oci" and engine_kind == "oci":
+        return 'the engine is an OCI image: set [run] runtime = "oci" (or engine_format = "plain")'
+    return None
+
+
+def run_staged_image(run: RunSettings, paths: StagedPaths, *, name: str) -> WorkloadResult:
+    """Run the engine staged as an OCI layout at paths.engine, per `[run]` and `[run.oci]`."""
+    settings = run.oci or OciSettings()
+    try:
+        image_id = staged_image_id(paths.engine, settings.platform)
+        return run_oci(
+            settings,
+            paths.engine,
+            image_id,
+            run.command,
+            paths,
+            name=name,
+            timeout=run.timeout,
+            extra_env=dict(run.env),
+        )
+    except (RunnerError, InputError) as exc:
+        return WorkloadResult(None, False, 0.0, str(exc))

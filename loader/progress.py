@@ -13,11 +13,18 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TextIO
+from typing import Protocol, TextIO
 
 INTERVAL = 0.5
+
+
+class HasPath(Protocol):
+    @property
+    def path(self) -> Path: ...
+
+
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
 
 
@@ -133,3 +140,18 @@ def estimate_size(path: Path, limit: int = 1_000_000) -> int | None:
     except OSError:
         return None
     return total
+
+
+def rate_text(done: int, seconds: float) -> str:
+    """'1.0 GiB in 2.00 s (512.0 MiB/s)' for the log."""
+    rate = done / seconds if seconds > 0 else 0.0
+    return f"{human_bytes(done)} in {seconds:.2f} s ({human_bytes(rate)}/s)"
+
+
+def hashing_meter(specs: Iterable[HasPath], stream: TextIO | None = None) -> Progress:
+    """The boot's meter: draws on a terminal with a time-left estimate, else only counts."""
+    meter = for_terminal(None, stream)
+    if meter.stream is not None:
+        sizes = [estimate_size(spec.path) for spec in specs]
+        meter.total = None if None in sizes else sum(s for s in sizes if s is not None)
+    return meter
