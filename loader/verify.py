@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from attestation import AttestationError, Evidence, Result, Trust, binding, verifier_for
+from attestation.nvidia import GPU_EVIDENCE_TYPES
 from attestation.rtmr import event_value
 from certs.chain import verify_chain
 from certs.errors import CertsError
@@ -29,7 +30,7 @@ from loader.errors import PolicyError, ReportError
 from loader.policy import parse_policy
 from loader.report import Report, input_event, parse_report
 
-GPU_TYPES = ("nvidia", "mock-gpu")
+GPU_TYPES = GPU_EVIDENCE_TYPES
 
 
 @dataclass
@@ -216,7 +217,8 @@ def _decision(result: Verification, report: Report) -> None:
         result.add("decision", False, "policy.digest is not the digest of policy.document")
         return
     measured = [Measured(i["role"], i["name"], i["digest"]) for i in payload["inputs"]]
-    derived = decide(policy, measured, payload["tee"])
+    gpus = sum(1 for e in payload["evidence"] if isinstance(e, dict) and e.get("type") in GPU_TYPES)
+    derived = decide(policy, measured, payload["tee"], gpus=gpus)
     missing = [r for r in derived if r not in reasons]
     if verdict == "run" and derived:
         result.add("decision", False, f"the report says run, but: {derived[0]}")

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
 from pathlib import Path
 
 import pytest
 
 from attestation.evidence import Evidence, Result, Trust
+from attestation.tdx.attester import MEASUREMENTS_DIR
 from attestation.tdx.verifier import TdxVerifier
+from tests.fake_tsm import FakeTsmKernel
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -112,3 +115,42 @@ def check(result: Result, name: str) -> bool:
 
 def failed(result: Result) -> set[str]:
     return {c.name for c in result.failures}
+
+
+ROOT = Path("/fake")
+
+
+class FakeTdxKernel(FakeTsmKernel):
+    """configfs-tsm plus the tdx_guest measurement files: a 48-byte write extends the register."""
+
+    def __init__(self, quote_blob: bytes) -> None:
+        super().__init__(root=ROOT, provider="tdx_guest", quote=lambda inblob, _lvl: (quote_blob, b""))
+        self.inblobs: list[bytes] = []
+        self.rtmrs = {i: bytes(48) for i in range(4)}
+        self._quote_blob = quote_blob
+        self.quote = self._record
+
+    def _record(self, inblob: bytes, _lvl: int | None) -> tuple[bytes, bytes]:
+        self.inblobs.append(inblob)
+        return self._quote_blob, b""
+
+    def _rtmr_index(self, path: Path) -> int | None:
+        if path.parent != ROOT / MEASUREMENTS_DIR:
+            return None
+        name = path.name
+        if name.startswith("rtmr") and name.endswith(":sha384"):
+            return int(name[4])
+        raise FileNotFoundError(2, "No such file or directory", str(path))
+
+    def write(self, path: Path, data: bytes) -> None:
+        index = self._rtmr_index(path)
+        if index is None:
+            return super().write(path, data)
+        if index not in (2, 3) or len(data) != 48:
+            raise OSError(22, "Invalid argument", str(path))
+        self.rtmrs[index] = hashlib.sha384(self.rtmrs[index] + data).digest()
+        return None
+
+    def read(self, path: Path) -> bytes:
+        index = self._rtmr_index(path)
+        return super().read(path) if index is None else self.rtmrs[index]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
 import pytest
 
@@ -11,46 +10,7 @@ from attestation import attester_for, rtmr
 from attestation.errors import AttesterFailure, AttesterUnavailable
 from attestation.tdx import quote
 from attestation.tdx.attester import MEASUREMENTS_DIR, TdxAttester
-from tests.fake_tsm import FakeTsmKernel
-from tests.tdx_helpers import NOW, check, failed, quote_bytes, verify
-
-ROOT = Path("/fake")
-
-
-class FakeTdxKernel(FakeTsmKernel):
-    """configfs-tsm plus the tdx_guest measurement files: a 48-byte write extends the register."""
-
-    def __init__(self, quote_blob: bytes) -> None:
-        super().__init__(root=ROOT, provider="tdx_guest", quote=lambda inblob, _lvl: (quote_blob, b""))
-        self.inblobs: list[bytes] = []
-        self.rtmrs = {i: bytes(48) for i in range(4)}
-        self._quote_blob = quote_blob
-        self.quote = self._record
-
-    def _record(self, inblob: bytes, _lvl: int | None) -> tuple[bytes, bytes]:
-        self.inblobs.append(inblob)
-        return self._quote_blob, b""
-
-    def _rtmr_index(self, path: Path) -> int | None:
-        if path.parent != ROOT / MEASUREMENTS_DIR:
-            return None
-        name = path.name
-        if name.startswith("rtmr") and name.endswith(":sha384"):
-            return int(name[4])
-        raise FileNotFoundError(2, "No such file or directory", str(path))
-
-    def write(self, path: Path, data: bytes) -> None:
-        index = self._rtmr_index(path)
-        if index is None:
-            return super().write(path, data)
-        if index not in (2, 3) or len(data) != 48:
-            raise OSError(22, "Invalid argument", str(path))
-        self.rtmrs[index] = hashlib.sha384(self.rtmrs[index] + data).digest()
-        return None
-
-    def read(self, path: Path) -> bytes:
-        index = self._rtmr_index(path)
-        return super().read(path) if index is None else self.rtmrs[index]
+from tests.tdx_helpers import NOW, ROOT, FakeTdxKernel, check, failed, quote_bytes, verify
 
 
 def test_collect_round_trip_binds_on_report_data_only():
