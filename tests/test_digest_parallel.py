@@ -8,6 +8,7 @@ import io
 import os
 import shutil
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -271,3 +272,48 @@ def test_estimate_size(tmp_path: Path) -> None:
     build_tree(tmp_path)
     assert estimate_size(tmp_path) == digest_path(tmp_path).size
     assert estimate_size(tmp_path / "missing") is None
+
+
+# --- bounded memory ------------------------------------------------------------------------------
+
+GNU_TIME = Path("/usr/bin/time")
+
+
+@pytest.mark.skipif(not GNU_TIME.exists(), reason="GNU time absent (apt-get install -y time)")
+def test_peak_memory_stays_bounded_for_large_inputs(tmp_path: Path) -> None:
+    """768 MiB of sparse files (no disk used): peak RSS of `digest` stays far below 150 MB,
+    and far below the input size, for one file and for a directory hashed in parallel."""
+    big = tmp_path / "big"
+    with open(big, "wb") as f:
+        f.truncate(512 << 20)
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for i in range(4):
+        with open(tree / f"p{i}", "wb") as f:
+            f.truncate(64 << 20)
+    from tests.conftest import REPO
+
+    for target in (big, tree):
+        rss = tmp_path / "rss"
+        done = subprocess.run(
+            [
+                str(GNU_TIME),
+                "-f",
+                "%M",
+                "-o",
+                str(rss),
+                sys.executable,
+                "-m",
+                "loader",
+                "digest",
+                str(target),
+            ],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == digest_path(target).digest
+        peak_mb = int(rss.read_text().split()[-1]) / 1024
+        assert peak_mb < 100, f"peak RSS {peak_mb:.1f} MB hashing {target}"
