@@ -40,6 +40,7 @@ MAX_MEMBERS = 100_000
 MAX_DESCRIPTORS = 10_000
 MAX_INDEX_DEPTH = 2
 MAX_LINK_HOPS = 8
+DETECT_MEMBERS = 10_000
 LAYOUT_VERSION = "1.0.0"
 
 INDEX_TYPES = (
@@ -312,16 +313,24 @@ def open_source(path: Path) -> Iterator[LayoutDir | TarArchive]:
 
 
 def detect(path: Path) -> bool:
-    """Does `path` look like an OCI image (layout dir, or tar with oci-layout/manifest.json)?"""
+    """Does `path` look like an OCI image (layout dir, or tar with oci-layout/manifest.json)?
+
+    Cheap on any input: only uncompressed tar headers are read (tarfile.is_tarfile would try
+    every decompressor over the whole file), at most DETECT_MEMBERS of them.
+    """
     try:
         st = os.stat(path, follow_symlinks=False)
         if stat.S_ISDIR(st.st_mode):
             return stat.S_ISREG(os.stat(path / "oci-layout", follow_symlinks=False).st_mode)
-        if not stat.S_ISREG(st.st_mode) or not tarfile.is_tarfile(path):
+        if not stat.S_ISREG(st.st_mode):
             return False
         with tarfile.open(path, mode="r:") as tar:
-            names = {posixpath.normpath(n) for n in tar.getnames()}
-        return "oci-layout" in names or "manifest.json" in names
+            for count, info in enumerate(tar):
+                if posixpath.normpath(info.name) in ("oci-layout", "manifest.json"):
+                    return True
+                if count >= DETECT_MEMBERS:
+                    break
+        return False
     except (OSError, tarfile.TarError):
         return False
 
