@@ -34,7 +34,9 @@ from loader.decide import Measured, decide
 from loader.errors import InputError, PolicyError
 from loader.keys import EphemeralKey
 from loader.notify import Notifier
+from loader.ocirun import oci_mismatch, run_staged_image
 from loader.policy import ApprovedList, load_policy
+from loader.progress import hashing_meter, rate_text
 from loader.report import input_event, sign_report, utc_text
 from loader.runner import StagedPaths, WorkloadResult, run_process
 from loader.spool import atomic_write, spool_report
@@ -286,11 +288,12 @@ def _load_policy(state: BootState) -> None:
 
 def _measure(state: BootState, staging: Path) -> None:
     start = time.monotonic()
+    meter = hashing_meter(state.cfg.inputs)
     total = len(state.cfg.inputs)
     for index, spec in enumerate(state.cfg.inputs, start=1):
         state.notifier.status(f"measuring {index}/{total} inputs")
         try:
-            m = stage_input(spec, staging / "inputs")
+            m = stage_input(spec, staging / "inputs", meter=meter)
         except InputError as exc:
             state.reasons.append(f"{spec.label}: {exc}")
             log.error("%s", exc)
@@ -299,8 +302,10 @@ def _measure(state: BootState, staging: Path) -> None:
         log.info(
             "measured %s: %s (%d bytes, %d files)", spec.label, m.digest.digest, m.digest.size, m.digest.files
         )
+    meter.finish()
     state.hash_seconds = time.monotonic() - start
     state.stamp("measured")
+    log.info("hashing: %s", rate_text(meter.done, state.hash_seconds))
 
 
 def _extend(state: BootState) -> None:
@@ -345,10 +350,20 @@ def _run(state: BootState, staging: Path) -> None:
         output=staging / "output",
         logs=staging / "logs",
     )
-    state.workload = run_process(
-        state.cfg.run.command, paths, timeout=state.cfg.run.timeout, extra_env=dict(state.cfg.run.env)
-    )
+    run = state.cfg.run
+    if run.runtime == "oci" or kind_of(state, "engine") == "oci":
+        if (problem := oci_mismatch(run.runtime, kind_of(state, "engine"))) is not None:
+            state.reasons.append(problem)
+            log.error("abort: %s", problem)
+            return
+        state.workload = run_staged_image(run, paths, name=f"tl-{state.run_id}")
+    else:
+        state.workload = run_process(run.command, paths, timeout=run.timeout, extra_env=dict(run.env))
     state.output = _collect_output(state, paths)
+
+
+def kind_of(state: BootState, role: str) -> str | None:
+    return next((m.digest.kind for m in state.measurements if m.spec.role == role), None)
 
 
 def _collect_output(state: BootState, paths: StagedPaths) -> dict[str, Any] | None:

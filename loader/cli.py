@@ -129,13 +129,20 @@ def _demo_ca(ca_url: str | None, report: bytes) -> list[Any]:
 
 
 def cmd_digest(args: argparse.Namespace) -> int:
-    from loader.digest import digest_path
     from loader.errors import InputError
+    from loader.measure import measure
+    from loader.progress import for_terminal
 
+    meter = for_terminal()
     try:
-        print(digest_path(args.path).digest)
+        found = measure(args.path, format=args.format, platform=args.platform, ref=args.ref, meter=meter)
     except InputError as exc:
         raise LoaderError(str(exc)) from exc
+    finally:
+        meter.finish()
+    if found.kind == "oci":
+        print(f"{args.path}: OCI image, manifest digest", file=sys.stderr)
+    print(found.digest)
     return EXIT_OK
 
 
@@ -224,8 +231,16 @@ def build_parser() -> argparse.ArgumentParser:
     chain_cli.add_publish_options(demo)
     demo.set_defaults(func=cmd_demo)
 
-    digest = sub.add_parser("digest", help="print sha256:<hex> of a file or directory")
+    digest = sub.add_parser("digest", help="print sha256:<hex> of a file, directory or OCI image")
     digest.add_argument("path", type=Path)
+    digest.add_argument(
+        "--format",
+        choices=("auto", "plain", "oci"),
+        default="auto",
+        help="plain: file/directory digest; oci: image manifest digest; auto: oci if it looks like one",
+    )
+    digest.add_argument("--platform", help="OS/ARCH[/VARIANT] of a multi-platform image (default: host)")
+    digest.add_argument("--ref", help="tag (org.opencontainers.image.ref.name) when index.json lists several")
     digest.set_defaults(func=cmd_digest)
 
     report = sub.add_parser("report", help="show or verify an integrity report").add_subparsers(

@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loader.errors import ConfigError
+from loader.errors import ConfigError, RunnerError
+from loader.ocirun import OciSettings
 from loader.policy import valid_name
 from loader.publish.settings import PublishSettings, parse_publish
-from loader.stage import InputSpec
+from loader.stage import FORMATS, InputSpec
 
 MAX_CONFIG_BYTES = 256 * 1024
 DEFAULT_TIMEOUT = 3600
@@ -27,6 +28,8 @@ class RunSettings:
     command: tuple[str, ...]
     timeout: float
     env: tuple[tuple[str, str], ...]
+    runtime: str = "process"
+    oci: OciSettings | None = None
 
 
 @dataclass(frozen=True)
@@ -154,8 +157,8 @@ def _parse(data: dict[str, Any], source: Path, ca_url: str | None) -> LoaderConf
     policy = top.table("policy", required=True)
     policy_path = policy.path("path", base)
     policy.finish()
-    inputs = _inputs(top.table("inputs", required=True), base)
     run = _run(top.table("run", required=True))
+    inputs = _inputs(top.table("inputs", required=True), base, run.oci.platform if run.oci else None)
     attestation = top.table("attestation")
     tee_root = attestation.path("root", base, "/")
     attestation.finish()
@@ -204,8 +207,11 @@ def _gpu_mode(section: _Section, tee: str) -> str:
     return mode
 
 
-def _inputs(section: _Section, base: Path) -> tuple[InputSpec, ...]:
-    specs = [InputSpec("engine", "engine", section.path("engine", base))]
+def _inputs(section: _Section, base: Path, platform: str | None) -> tuple[InputSpec, ...]:
+    engine_format = section.get("engine_format", str, "auto")
+    if engine_format not in FORMATS:
+        raise section.error("engine_format", f"expected one of {list(FORMATS)}, found {engine_format!r}")
+    specs = [InputSpec("engine", "engine", section.path("engine", base), engine_format, platform)]
     datasets = section.table("datasets")
     for name in sorted(datasets.data):
         if not valid_name(name):
@@ -220,8 +226,11 @@ def _inputs(section: _Section, base: Path) -> tuple[InputSpec, ...]:
 
 
 def _run(section: _Section) -> RunSettings:
-    command = section.get("command", list)
-    if not command or not all(isinstance(a, str) for a in command):
+    runtime = section.get("runtime", str, "process")
+    if runtime not in ("process", "oci"):
+        raise section.error("runtime", f"expected 'process' or 'oci', found {runtime!r}")
+    command = section.get("command", list, ... if runtime == "process" else [])
+    if (runtime == "process" and not command) or not all(isinstance(a, str) for a in command):
         raise section.error("command", "expected a non-empty list of strings")
     timeout = section.get("timeout", (int, float), DEFAULT_TIMEOUT)
     if not 0 < timeout <= 7 * 86400:
@@ -230,5 +239,20 @@ def _run(section: _Section) -> RunSettings:
     for key, value in env.items():
         if not isinstance(value, str):
             raise section.error(f"env.{key}", f"expected a string, found {value!r}")
+    oci = _oci(section.table("oci")) if runtime == "oci" or "oci" in section.data else None
     section.finish()
-    return RunSettings(tuple(command), float(timeout), tuple(sorted(env.items())))
+    return RunSettings(tuple(command), float(timeout), tuple(sorted(env.items())), runtime, oci)
+
+
+def _oci(section: _Section) -> OciSettings:
+    """`[run.oci]`: runtime_path (default podman), network (default none), platform."""
+    runtime_path = section.get("runtime_path", str, "podman")
+    network = section.get("network", str, "none")
+    platform = section.get("platform", str, None)
+    if platform is not None and not 2 <= len(platform.split("/")) <= 3:
+        raise section.error("platform", f"expected OS/ARCH[/VARIANT], found {platform!r}")
+    section.finish()
+    try:
+        return OciSettings(runtime_path, network, platform)
+    except RunnerError as exc:
+        raise section.error("network", str(exc)) from exc

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from loader.digest import digest_path
 from loader.errors import InputError, LoaderError, ReportError
+from loader.measure import format_for_kind, measure
 from loader.report import Report, parse_report
 from loader.verify import Verification, check_signer
 
@@ -69,7 +69,7 @@ def replay(raw: bytes, args: list[str]) -> tuple[Verification, list[ReplayItem]]
         role, name, path = parse_input_arg(arg)
         item = _recorded(report, role, name)
         try:
-            found = digest_path(path).digest
+            found = measure(path, format=format_for_kind(str(item["kind"]))).digest
         except InputError as exc:
             raise LoaderError(str(exc)) from exc
         items.append(

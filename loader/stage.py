@@ -3,7 +3,9 @@
 The workload is started from the staged copy only. A change to the original after it was read
 cannot reach the engine, and what the engine reads is exactly what was hashed: each byte is
 hashed as it is written to the staged file, which nobody else can write to (0700 directory,
-read-only files).
+read-only files). The files of a directory are copied by a pool of threads (loader.digest
+measure_tree); an OCI engine is staged as a fresh layout holding only its verified blobs
+(loader.oci).
 """
 
 from __future__ import annotations
@@ -15,26 +17,24 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from loader.digest import (
-    Digest,
-    directory_digest,
-    format_digest,
-    hash_fd,
-    listing_line,
-    open_regular,
-    open_tree,
-    walk_tree,
-)
+from loader.digest import Digest, Meter, format_digest, hash_fd, measure_tree, open_regular
 from loader.errors import InputError
 
 ROLES = ("engine", "dataset", "config")
+FORMATS = ("auto", "plain", "oci")
 
 
 @dataclass(frozen=True)
 class InputSpec:
+    """One input. `format` is "plain" (file or directory), "oci" (image layout or archive) or
+    "auto" (OCI when the path looks like an image, see loader.oci.detect); `platform` picks the
+    image of a multi-platform index (default: this machine's)."""
+
     role: str
     name: str
     path: Path
+    format: str = "plain"
+    platform: str | None = None
 
     @property
     def label(self) -> str:
@@ -49,48 +49,46 @@ class Measurement:
     seconds: float
 
 
-def _copy_file(src_fd: int, dest: Path, mode: int) -> tuple[bytes, int]:
-    out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+def copy_file(
+    src_fd: int, dest: Path, mode: int, meter: Meter | None = None, *, shown: str | Path = "input"
+) -> tuple[bytes, int]:
+    """Copy `src_fd` to a new file `dest` (read-only when done), hashing in the same pass."""
     try:
-        raw, size = hash_fd(src_fd, sink=out)
+        out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise InputError(f"{dest}: cannot create staged copy: {exc.strerror}") from exc
+    try:
+        raw, size = hash_fd(src_fd, sink=out, meter=meter, shown=shown)
         os.fchmod(out, 0o500 if mode & stat.S_IXUSR else 0o400)
     finally:
         os.close(out)
     return raw, size
 
 
-def _stage_file(src: Path, dest: Path) -> Digest:
+def _stage_file(src: Path, dest: Path, meter: Meter | None) -> Digest:
     fd = open_regular(src, shown=src)
     try:
-        raw, size = _copy_file(fd, dest, os.fstat(fd).st_mode)
+        raw, size = copy_file(fd, dest, os.fstat(fd).st_mode, meter, shown=src)
     finally:
         os.close(fd)
     return Digest("file", format_digest(raw), size, 1)
 
 
-def _stage_tree(src: Path, dest: Path) -> Digest:
-    top = open_tree(src)
-    lines: list[tuple[bytes, bytes]] = []
-    total = 0
+def _stage_tree(src: Path, dest: Path, workers: int | None, meter: Meter | None) -> Digest:
     dest.mkdir(mode=0o700)
-    try:
-        for entry in walk_tree(src, top):
-            rel = os.fsdecode(entry.relpath[2:])
-            target = dest / rel
-            target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd = open_regular(entry.name, dir_fd=entry.dir_fd, shown=src / rel)
-            try:
-                raw, size = _copy_file(fd, target, os.fstat(fd).st_mode)
-            finally:
-                os.close(fd)
-            lines.append((entry.relpath, listing_line(raw, entry.relpath)))
-            total += size
-    finally:
-        os.close(top)
-    return Digest("directory", format_digest(directory_digest(lines, src)), total, len(lines))
+
+    def job(relpath: bytes, fd: int) -> tuple[bytes, int]:
+        rel = os.fsdecode(relpath[2:])
+        target = dest / rel
+        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return copy_file(fd, target, os.fstat(fd).st_mode, meter, shown=src / rel)
+
+    return measure_tree(src, job, workers=workers)
 
 
-def stage_input(spec: InputSpec, staging: Path) -> Measurement:
+def stage_input(
+    spec: InputSpec, staging: Path, *, workers: int | None = None, meter: Meter | None = None
+) -> Measurement:
     """Copy `spec.path` to staging/<role>/<name> and measure it on the way."""
     dest = staging / spec.role / spec.name
     dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -101,13 +99,25 @@ def stage_input(spec: InputSpec, staging: Path) -> Measurement:
     start = time.monotonic()
     if stat.S_ISLNK(st.st_mode):
         raise InputError(f"{spec.path}: {spec.label} is a symbolic link; give the real path")
-    if stat.S_ISREG(st.st_mode):
-        digest = _stage_file(spec.path, dest)
+    if spec.format not in FORMATS:
+        raise InputError(f"{spec.path}: {spec.label}: format must be one of {FORMATS}, found {spec.format!r}")
+    if spec.format == "oci" or (spec.format == "auto" and _looks_like_oci(spec.path)):
+        from loader import oci
+
+        digest = oci.stage_image(spec.path, dest, platform=spec.platform, meter=meter)
+    elif stat.S_ISREG(st.st_mode):
+        digest = _stage_file(spec.path, dest, meter)
     elif stat.S_ISDIR(st.st_mode):
-        digest = _stage_tree(spec.path, dest)
+        digest = _stage_tree(spec.path, dest, workers, meter)
     else:
         raise InputError(f"{spec.path}: {spec.label} is not a regular file or directory")
     return Measurement(spec, digest, dest, time.monotonic() - start)
+
+
+def _looks_like_oci(path: Path) -> bool:
+    from loader import oci
+
+    return oci.detect(path)
 
 
 def make_private_dir(path: Path) -> Path:
