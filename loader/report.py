@@ -139,9 +139,7 @@ class Report:
 def parse_report(raw: bytes) -> Report:
     """Decode and structurally check a report; signatures are checked by loader.verify."""
     envelope = cose.decode_sign1(raw)
-    payload = cose.decode_cbor(envelope.payload, "report payload")
-    if cbor2.dumps(payload, canonical=True) != envelope.payload:
-        raise ReportError("report payload: not in deterministic CBOR encoding")
+    payload = cose.decode_cbor(envelope.payload, "report payload", canonical=True)
     check_payload(payload)
     chain = []
     for i, der in enumerate(envelope.x5chain):
