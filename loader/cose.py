@@ -100,9 +100,12 @@ def decode_sign1(data: bytes) -> Sign1:
         raise ReportError("report: payload must be an attached byte string")
     if not isinstance(signature, bytes) or len(signature) != SIG_LEN:
         raise ReportError(f"report: ES384 signature must be {SIG_LEN} bytes")
-    protected = decode_cbor(protected_raw, "report protected header")
+    protected = decode_cbor(protected_raw, "report protected header", canonical=True)
     if not isinstance(protected, dict):
         raise ReportError("report: protected header must be a map")
+    if not all(type(label) is int for label in protected):
+        # `true` and 1.0 hash and compare equal to 1: they must not pass as the alg label.
+        raise ReportError("report: protected header labels must be integers")
     if unprotected:
         raise ReportError("report: unexpected unprotected header parameters")
     if protected.get(HDR_ALG) != ALG_ES384:
