@@ -28,7 +28,7 @@ from loader import cose
 from loader.decide import Measured, decide
 from loader.errors import PolicyError, ReportError
 from loader.policy import parse_policy
-from loader.report import Report, input_event, parse_report
+from loader.report import Report, input_event, parse_report, parse_utc
 
 GPU_TYPES = GPU_EVIDENCE_TYPES
 _Ext = TypeVar("_Ext", bound=x509.ExtensionType)
@@ -86,6 +86,7 @@ def verify_report(
     _evidence(result, report, trust, when)
     _decision(result, report)
     _events(result, report)
+    _timestamps(result, report)
     return result
 
 
@@ -272,6 +273,18 @@ def _decision(result: Verification, report: Report) -> None:
         result.add("decision", False, f"a reason is missing from the report: {missing[0]}")
     else:
         result.add("decision", True, f"verdict {verdict!r} follows from the inputs and the approved list")
+
+
+def _timestamps(result: Verification, report: Report) -> None:
+    stamps = report.payload["timestamps"]
+    names = ("started", "measured", "decided", "finished")
+    times = [parse_utc(stamps[name]) for name in names]
+    bad = [f"{names[i]} after {names[i + 1]}" for i in range(len(names) - 1) if times[i] > times[i + 1]]
+    result.add(
+        "timestamps",
+        not bad,
+        f"{', '.join(bad)}: the report's times are out of order" if bad else "in order",
+    )
 
 
 def _events(result: Verification, report: Report) -> None:
