@@ -78,7 +78,9 @@ def verify_report(
         return result
     result.report = report
     result.add("format", True, "COSE_Sign1, ES384, deterministic CBOR payload")
-    when = at or dt.datetime.now(dt.UTC)
+    when = dt.datetime.now(dt.UTC) if at is None else at
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)  # as the command line reads a time without offset
     trust = trust or Trust(allow_mock=allow_mock)
     if not check_signer(result, report):
         return result
