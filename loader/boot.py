@@ -7,11 +7,13 @@ Every failure after the configuration is read still ends in a signed report with
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import secrets
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,11 +26,14 @@ from attestation.errors import AttesterUnavailable, VerificationError
 from attestation.nvidia import GPU_EVIDENCE_TYPES
 from attestation.nvidia import gpu_attester as gpu_attester_for
 from attestation.rtmr import event_value
+from certs.errors import CertsError
 from certs.selfissue import self_issue
+from loader import enroll
 from loader.config import LoaderConfig
 from loader.decide import Measured, decide
 from loader.errors import InputError, PolicyError
 from loader.keys import EphemeralKey
+from loader.notify import Notifier
 from loader.policy import ApprovedList, load_policy
 from loader.report import input_event, sign_report, utc_text
 from loader.runner import StagedPaths, WorkloadResult, run_process
@@ -52,6 +57,7 @@ class BootState:
     nonce: bytes
     run_id: str
     times: dict[str, str] = field(default_factory=dict)
+    notifier: Notifier = field(default_factory=Notifier.disabled)
     attester: Attester | None = None
     evidence: list[Evidence] = field(default_factory=list)
     chain: list[bytes] = field(default_factory=list)
@@ -64,6 +70,8 @@ class BootState:
     output: dict[str, Any] | None = None
     wiped: dict[str, int] | None = None
     hash_seconds: float = 0.0
+    gpu_attester: Any = None
+    gpu_failure: str | None = None
     output_error: str | None = None
 
     def stamp(self, name: str) -> None:
@@ -87,22 +95,39 @@ def boot(
     report_out: Path | None = None,
     attester: Attester | None = None,
     gpu_attester: Any = None,
+    notifier: Notifier | None = None,
 ) -> BootOutcome:
-    """Run the boot sequence; `attester` and `gpu_attester` replace the configured ones (tests)."""
+    """Run the job once; `attester` and `gpu_attester` replace the configured ones (tests).
+
+    READY=1 goes to the service manager (`notifier`) as soon as the key exists.
+    """
     run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(4)
     state = BootState(
-        cfg=cfg, key=EphemeralKey(), nonce=secrets.token_bytes(binding.NONCE_LEN), run_id=run_id
+        cfg=cfg,
+        key=EphemeralKey(),
+        nonce=secrets.token_bytes(binding.NONCE_LEN),
+        run_id=run_id,
+        notifier=notifier or Notifier.disabled(),
     )
     state.stamp("started")
+    state.notifier.ready(f"job {cfg.job_id or run_id}: key generated")
+    log.info("job %s started (run %s, tee %s)", cfg.job_id or "-", run_id, cfg.tee)
     try:
-        _attest(state, attester, gpu_attester)
-        _certify(state)
-        _load_policy(state)
+        with _step(state, "attestation", "attesting"):
+            _attest(state, attester, gpu_attester)
+        with _step(state, "certificate", "certifying the key"):
+            _certify(state)
+        with _step(state, "policy", "loading the approved list"):
+            _load_policy(state)
         _stage_and_run(state)
-        report = _sign(state)
+        with _step(state, "sign", "signing report"):
+            report = _sign(state)
     finally:
         state.key.discard()
-    return _store(state, report, report_out)
+    with _step(state, "store", "storing report"):
+        outcome = _store(state, report, report_out)
+    state.notifier.stopping(f"done verdict={outcome.verdict} exit={outcome.exit_code}")
+    return outcome
 
 
 def _stage_and_run(state: BootState) -> None:
@@ -116,48 +141,80 @@ def _stage_and_run(state: BootState) -> None:
         _decide(state)
         return
     try:
-        _measure(state, staging)
-        _extend(state)
-        _decide(state)
+        with _step(state, "measurement", f"measuring 0/{len(cfg.inputs)} inputs"):
+            _measure(state, staging)
+        with _step(state, "extend", "extending the runtime register"):
+            _extend(state)
+        with _step(state, "decision", "deciding"):
+            _decide(state)
         if not state.reasons:
-            _run(state, staging)
+            with _step(state, "workload", "running workload"):
+                _run(state, staging)
     finally:
-        state.wiped = wipe(staging)
+        with _step(state, "wipe", "wiping staged inputs"):
+            state.wiped = wipe(staging)
 
 
-def _step(name: str, start: float) -> None:
-    log.info("%s done in %.3f s", name, time.monotonic() - start)
+@contextlib.contextmanager
+def _step(state: BootState, name: str, status: str) -> Iterator[None]:
+    """One boot step: STATUS= to the service manager, then one log record with its duration."""
+    state.notifier.status(status)
+    start = time.monotonic()
+    try:
+        yield
+    finally:
+        seconds = time.monotonic() - start
+        log.info("%s done in %.3f s", name, seconds, extra={"step": name, "seconds": round(seconds, 6)})
 
 
 def _attest(state: BootState, attester: Attester | None, gpu_attester: Any) -> None:
-    """GPU evidence first (nonce = gpu_nonce), then the CPU evidence binding it (DESIGN "Interfaces")."""
-    start = time.monotonic()
-    gpus = _collect_gpus(state, gpu_attester)
+    """Evidence bound to the key: GPUs first (nonce = gpu_nonce), then the CPU binding them.
+
+    With a CA the nonce is the CA's and evidence is collected again for each attempt.
+    """
     try:
-        state.attester = attester or attester_for(state.cfg.tee, root=state.cfg.tee_root)
-        report_data = binding.report_data(state.key.spki, state.nonce, gpus)
-        state.evidence.append(state.attester.collect(report_data))
-        state.evidence.extend(gpus)
+        state.attester = cpu = attester or attester_for(state.cfg.tee, root=state.cfg.tee_root)
+        if state.cfg.gpu_mode != "none" or gpu_attester is not None:
+            state.gpu_attester = gpu_attester or gpu_attester_for(state.cfg.gpu_mode)
+        if state.cfg.ca_url:
+            _enroll(state, cpu)
+        else:
+            _collect(state, cpu, state.nonce)
     except AttestationError as exc:
         state.attestation_failed = True
         state.reasons.append(f"attestation: {exc}")
         log.error("attestation failed: %s", exc)
-    _step("attestation", start)
+    except enroll.EnrollmentError as exc:
+        state.attestation_failed = True
+        state.reasons.append(f"certificate: {exc}")
+        log.error("enrollment failed: %s", exc)
+    if state.gpu_failure:
+        state.attestation_failed = True
+        state.reasons.append(state.gpu_failure)
 
 
-def _collect_gpus(state: BootState, gpu_attester: Any) -> list[Evidence]:
+def _collect(state: BootState, attester: Attester, nonce: bytes) -> list[Evidence]:
+    """Evidence bound to the ephemeral key and `nonce` (the CA's, or a local one offline)."""
+    state.nonce = nonce
+    gpus = _collect_gpus(state)
+    cpu = attester.collect(binding.report_data(state.key.spki, nonce, gpus))
+    state.evidence = [cpu, *gpus]
+    return state.evidence
+
+
+def _collect_gpus(state: BootState) -> list[Evidence]:
     """Evidence of every GPU, verified here before the GPUs are released for work.
 
-    Evidence that fails verification is left out of the report (its reason is kept), so the
-    report's evidence stays verifiable and the job aborts.
+    Evidence that fails verification is left out (the failure becomes an abort reason), so the
+    CPU evidence still binds exactly what the report carries and the abort report verifies.
     """
-    mode = state.cfg.gpu_mode
-    if gpu_attester is None and mode == "none":
+    state.gpu_failure = None
+    if state.gpu_attester is None:
         return []
     nonce = binding.gpu_nonce(state.key.spki, state.nonce)
+    mode = state.cfg.gpu_mode
     try:
-        gpu_attester = gpu_attester or gpu_attester_for(mode)
-        evidence = gpu_attester.collect_all(nonce)
+        evidence = state.gpu_attester.collect_all(nonce)
         if not evidence:
             raise AttesterUnavailable(f"gpu mode {mode!r}: no GPU in confidential-computing mode was found")
         trust = Trust(allow_mock=mode == "mock")
@@ -167,17 +224,48 @@ def _collect_gpus(state: BootState, gpu_attester: Any) -> list[Evidence]:
             )
             if not res.ok:
                 raise VerificationError(f"GPU {i} evidence does not verify: {res.reason()}")
-        gpu_attester.set_ready()
+        state.gpu_attester.set_ready()
     except AttestationError as exc:
-        state.attestation_failed = True
-        state.reasons.append(f"attestation: gpu: {exc}")
+        state.gpu_failure = f"attestation: gpu: {exc}"
         log.error("GPU attestation failed: %s", exc)
         return []
     log.info("%d GPU(s) attested", len(evidence))
     return list(evidence)
 
 
+def _enroll(state: BootState, attester: Attester) -> None:
+    """Certificate from the CA at [ca] url: its nonce, our evidence, its chain in x5chain.
+
+    On refusal or when the CA stays unreachable, the boot goes on to an abort report, signed
+    under a self-issued certificate that carries the evidence (see _certify).
+    """
+    cfg = state.cfg
+    pinned = None
+    if cfg.ca_cert is not None:
+        from certs.chain import load_certificates
+
+        try:
+            pinned = load_certificates(cfg.ca_cert.read_bytes(), what=str(cfg.ca_cert))[0]
+        except OSError as exc:
+            raise enroll.EnrollmentError(
+                f"{cfg.ca_cert}: cannot read the CA certificate: {exc.strerror}"
+            ) from exc
+        except CertsError as exc:
+            raise enroll.EnrollmentError(str(exc)) from exc
+    result = enroll.enroll(
+        cfg.ca_url or "",
+        state.key.private,
+        lambda nonce: _collect(state, attester, nonce),
+        attempts=cfg.ca_attempts,
+        ca_cert=pinned,
+    )
+    state.chain = result.chain_der()
+    log.info("certificate issued by the CA at %s", cfg.ca_url)
+
+
 def _certify(state: BootState) -> None:
+    if state.chain:
+        return  # issued by the CA
     bundle = {"nonce": state.nonce, "evidence": [e.to_cbor_obj() for e in state.evidence], "claims": {}}
     cert = self_issue(
         state.key.private,
@@ -198,7 +286,9 @@ def _load_policy(state: BootState) -> None:
 
 def _measure(state: BootState, staging: Path) -> None:
     start = time.monotonic()
-    for spec in state.cfg.inputs:
+    total = len(state.cfg.inputs)
+    for index, spec in enumerate(state.cfg.inputs, start=1):
+        state.notifier.status(f"measuring {index}/{total} inputs")
         try:
             m = stage_input(spec, staging / "inputs")
         except InputError as exc:
@@ -211,7 +301,6 @@ def _measure(state: BootState, staging: Path) -> None:
         )
     state.hash_seconds = time.monotonic() - start
     state.stamp("measured")
-    _step("measurement", start)
 
 
 def _extend(state: BootState) -> None:
@@ -256,11 +345,9 @@ def _run(state: BootState, staging: Path) -> None:
         output=staging / "output",
         logs=staging / "logs",
     )
-    start = time.monotonic()
     state.workload = run_process(
         state.cfg.run.command, paths, timeout=state.cfg.run.timeout, extra_env=dict(state.cfg.run.env)
     )
-    _step("workload", start)
     state.output = _collect_output(state, paths)
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from attestation.clikit import fail
+from loader import opscli
 from loader.errors import EXIT_OK, EXIT_REJECTED, EXIT_USAGE, LoaderError
 
 _EVIDENCE_CLIS = {
@@ -27,11 +28,9 @@ _EVIDENCE_CLIS = {
 
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="trusted-loader: %(message)s",
-        stream=sys.stderr,
-    )
+    from loader.logs import setup_logging
+
+    setup_logging(choice="text", level=logging.INFO if verbose else logging.WARNING)
 
 
 def _read(path: Path, what: str, limit: int = 64 << 20) -> bytes:
@@ -46,26 +45,50 @@ def _read(path: Path, what: str, limit: int = 64 << 20) -> bytes:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """The daemon: same behaviour under systemd (NOTIFY_SOCKET) and in a container (none)."""
+    import resource
+
     from loader.boot import boot
     from loader.config import load_config
+    from loader.logs import setup_logging
+    from loader.notify import Notifier
+    from loader.signals import EXIT_TERMINATED, Terminated, sigterm_raises
 
-    _setup_logging(True)
-    cfg = load_config(args.config, ca_url=args.ca_url)
-    outcome = boot(cfg, report_out=args.report_out)
-    _print_outcome(outcome)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a core dump would hold the key and data
+    setup_logging(choice=args.log_format)
+    notifier = Notifier.from_env()
+    try:
+        cfg = load_config(args.config, ca_url=args.ca_url)
+    except LoaderError:
+        notifier.status("invalid configuration")
+        raise  # one "error: FILE: KEY: ..." line, as every command prints it
+    try:
+        with sigterm_raises():
+            outcome = boot(cfg, report_out=args.report_out, notifier=notifier)
+    except Terminated as exc:
+        notifier.stopping("terminated")
+        logging.getLogger("trusted-loader").error(
+            "%s; workload stopped, staged inputs wiped, no report signed",
+            exc,
+            extra={"exit_code": EXIT_TERMINATED},
+        )
+        return EXIT_TERMINATED
+    _log_outcome(outcome)
     return outcome.exit_code
 
 
-def _print_outcome(outcome: Any) -> None:
+def _log_outcome(outcome: Any) -> None:
+    log = logging.getLogger("trusted-loader")
+    fields = {"verdict": outcome.verdict, "exit_code": outcome.exit_code, "report": str(outcome.spool_path)}
     if outcome.verdict == "abort":
-        print(f"ABORTED: {len(outcome.reasons)} reason(s):", file=sys.stderr)
-        for reason in outcome.reasons:
-            print(f"  - {reason}", file=sys.stderr)
+        log.warning(
+            "ABORTED: %d reason(s): %s", len(outcome.reasons), "; ".join(outcome.reasons), extra=fields
+        )
     else:
         wl = outcome.workload
         state = "timed out" if wl.timed_out else f"exited {wl.exit_code}" if wl.error is None else wl.error
-        print(f"workload {state}", file=sys.stderr)
-    print(f"report: {outcome.spool_path}", file=sys.stderr)
+        log.info("workload %s", state, extra=fields)
+    log.info("report: %s", outcome.spool_path, extra=fields)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -80,11 +103,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="trusted-loader-demo-"))).resolve()
     config_path = demo.build(workdir, args.ca_url)
     outcome = boot(load_config(config_path, ca_url=args.ca_url), report_out=workdir / "report.cbor")
-    check = verify_report(outcome.report, allow_mock=True)
-    sys.stdout.write(demo.summary(workdir, outcome, check))
+    check = verify_report(outcome.report, ca=_demo_ca(args.ca_url, outcome.report), allow_mock=True)
+    sys.stdout.write(demo.summary(workdir, outcome, check, ca_url=args.ca_url))
     if not check.ok:
         return EXIT_REJECTED
     return outcome.exit_code
+
+
+def _demo_ca(ca_url: str | None, report: bytes) -> list[Any]:
+    """The CA to check the demo's report against: the one that issued its certificate, as
+    published at --ca-url. An abort report after a refusal is self-issued and needs none."""
+    from loader.enroll import CaClient, EnrollmentError
+    from loader.report import parse_report
+
+    if not ca_url or len(parse_report(report).chain) < 2:
+        return []
+    try:
+        return [CaClient(ca_url).ca_certificate()]
+    except EnrollmentError as exc:
+        raise LoaderError(f"--ca-url: cannot fetch the CA certificate to verify the report: {exc}") from exc
 
 
 def cmd_digest(args: argparse.Namespace) -> int:
@@ -106,21 +143,6 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_jsonable(v) for v in value]
     return value
-
-
-def cmd_report_show(args: argparse.Namespace) -> int:
-    from loader.report import parse_report
-    from loader.show import render_text
-
-    report = parse_report(_read(args.report, "report"))
-    if args.json:
-        doc = {"digest": report.digest, **_jsonable(report.payload)}
-        doc["certificates"] = [c.subject.rfc4514_string() for c in report.chain]
-        json.dump(doc, sys.stdout, indent=2, sort_keys=True)
-        sys.stdout.write("\n")
-    else:
-        sys.stdout.write(render_text(report))
-    return EXIT_OK
 
 
 def cmd_report_verify(args: argparse.Namespace) -> int:
@@ -183,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", type=Path, required=True)
     run.add_argument("--report-out", type=Path)
     run.add_argument("--ca-url")
+    run.add_argument(
+        "--log-format", choices=["auto", "json", "text"], default="auto", help="auto: JSON unless a terminal"
+    )
     run.set_defaults(func=cmd_run)
 
     demo = sub.add_parser("demo", help="the whole flow on the mock TEE with sample inputs")
@@ -198,10 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="show or verify an integrity report").add_subparsers(
         dest="report_command", required=True
     )
-    show = report.add_parser("show")
-    show.add_argument("report", type=Path)
-    show.add_argument("--json", action="store_true")
-    show.set_defaults(func=cmd_report_show)
+    opscli.add_report_show(report, _time)
     verify = report.add_parser("verify")
     verify.add_argument("report", type=Path)
     verify.add_argument("--ca", type=Path)
@@ -214,6 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("report", type=Path)
     rep.add_argument("--input", action="append", required=True, metavar="ROLE[:NAME]=PATH")
     rep.set_defaults(func=cmd_replay)
+
+    from certs.cli import add_parser as add_ca_parser
+
+    add_ca_parser(sub)
+    opscli.add_parsers(sub)
 
     evidence = sub.add_parser("evidence", help="verify hardware evidence").add_subparsers(
         dest="evidence_command", required=True

@@ -6,6 +6,8 @@ directory can be moved as a whole. Unknown keys are errors that name the key.
 
 from __future__ import annotations
 
+import difflib
+import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +42,9 @@ class LoaderConfig:
     run: RunSettings
     ca_url: str | None
     gpu_mode: str = "none"
+    ca_cert: Path | None = None
+    """Pinned CA certificate (PEM): enrollment refuses a chain that does not end there."""
+    ca_attempts: int = 5
 
 
 class _Section:
@@ -59,12 +64,16 @@ class _Section:
         self.used.add(key)
         if key not in self.data:
             if default is ...:
-                raise self.error(key, "missing (required)")
+                raise self.error(key, "missing (required)" + self._did_you_mean(key))
             return default
         value = self.data[key]
         if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _as_tuple(kind)):
             raise self.error(key, f"expected {_kind_name(kind)}, found {value!r}")
         return value
+
+    def _did_you_mean(self, key: str) -> str:
+        close = difflib.get_close_matches(key, [k for k in self.data if k not in self.used], n=1)
+        return f"; found unknown key {self._key(close[0])!r} instead" if close else ""
 
     def table(self, key: str, required: bool = False) -> _Section:
         value = self.get(key, dict, ... if required else {})
@@ -75,6 +84,19 @@ class _Section:
         if not value:
             raise self.error(key, "expected a path, found an empty string")
         return (base / value).resolve() if not Path(value).is_absolute() else Path(value)
+
+    def optional_path(self, key: str, base: Path) -> Path | None:
+        return self.path(key, base) if self.get(key, str, None) is not None else None
+
+    def secret_path(self, key: str, base: Path) -> Path | None:
+        """The path of a secret file: its TL_*_FILE environment override if set, else the key."""
+        from loader.secretfiles import override
+
+        value = override(self._key(key))
+        if value is not None:
+            self.used.add(key)
+            return Path(value)
+        return self.optional_path(key, base)
 
     def finish(self) -> None:
         unknown = sorted(set(self.data) - self.used)
@@ -99,6 +121,9 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
 
 
 def load_config(path: Path, *, ca_url: str | None = None) -> LoaderConfig:
+    from loader.secretfiles import check_environment
+
+    check_environment(os.environ)
     try:
         with open(path, "rb") as f:
             raw = f.read(MAX_CONFIG_BYTES + 1)
@@ -133,7 +158,14 @@ def _parse(data: dict[str, Any], source: Path, ca_url: str | None) -> LoaderConf
     tee_root = attestation.path("root", base, "/")
     attestation.finish()
     ca = top.table("ca")
-    url = ca_url or ca.get("url", str, None)
+    configured_url = ca.get("url", str, None)
+    url = ca_url or configured_url
+    if url is not None and not url.startswith(("http://", "https://")):
+        raise ca.error("url", f"expected an http:// or https:// URL, found {url!r}")
+    ca_cert = ca.optional_path("ca_cert", base)
+    ca_attempts = ca.get("attempts", int, 5)
+    if not 1 <= ca_attempts <= 20:
+        raise ca.error("attempts", f"expected 1..20, found {ca_attempts}")
     ca.finish()
     gpu_mode = _gpu_mode(top.table("gpu"), tee)
     cfg = LoaderConfig(
@@ -149,6 +181,8 @@ def _parse(data: dict[str, Any], source: Path, ca_url: str | None) -> LoaderConf
         run=run,
         ca_url=url,
         gpu_mode=gpu_mode,
+        ca_cert=ca_cert,
+        ca_attempts=ca_attempts,
     )
     top.finish()
     return cfg
@@ -175,8 +209,9 @@ def _inputs(section: _Section, base: Path) -> tuple[InputSpec, ...]:
             raise datasets.error(name, "dataset names are 1-64 of [A-Za-z0-9._-]")
         specs.append(InputSpec("dataset", name, datasets.path(name, base)))
     datasets.finish()
-    if "config" in section.data:
-        specs.append(InputSpec("config", "config", section.path("config", base)))
+    config = section.optional_path("config", base)
+    if config is not None:
+        specs.append(InputSpec("config", "config", config))
     section.finish()
     return tuple(specs)
 

@@ -131,7 +131,11 @@ def build(workdir: Path, ca_url: str | None = None) -> Path:
     return write_config(workdir, ca_url)
 
 
-def summary(workdir: Path, outcome: Any, check: Any) -> str:
+def _ca_issued(check: Any) -> bool:
+    return check.report is not None and len(check.report.chain) > 1
+
+
+def summary(workdir: Path, outcome: Any, check: Any, ca_url: str | None = None) -> str:
     """A short human account of the demo run."""
     lines = [f"trusted-loader demo in {workdir}", f"  verdict   {outcome.verdict}"]
     lines += [f"  reason    {r}" for r in outcome.reasons]
@@ -155,4 +159,12 @@ def summary(workdir: Path, outcome: Any, check: Any) -> str:
         f"            trusted-loader replay {report} --input dataset:lab={lab}",
         f"            trusted-loader run --config {workdir / 'loader.toml'}",
     ]
+    if ca_url:
+        lines.insert(
+            -3,
+            f"  ca        enrolled at {ca_url}"
+            if _ca_issued(check)
+            else f"  ca        no certificate from {ca_url}; the abort report is self-issued",
+        )
+        lines.append(f"            trusted-loader report verify {report} --ca <CA dir>/ca.pem --allow-mock")
     return "\n".join(lines) + "\n"

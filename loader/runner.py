@@ -107,6 +107,9 @@ def run_process(
         except subprocess.TimeoutExpired:
             _terminate(proc)
             return WorkloadResult(proc.returncode, True, time.monotonic() - start, None)
+        except BaseException:
+            _terminate(proc)  # the loader is being stopped: never leave the engine running
+            raise
 
 
 def _terminate(proc: subprocess.Popen[bytes]) -> None:

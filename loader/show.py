@@ -1,48 +1,229 @@
-"""Human rendering of a report for `report show`."""
+"""Human renderings of a report for `report show`: a summary model, and its text form.
+
+Every string in a report is chosen by whoever made the report, so the text form escapes
+control characters (no terminal escape sequences, no forged lines); loader.html escapes for
+HTML from the same model. When a verification is given, its checks and the decoded evidence
+claims are shown with their outcome; without one, nothing is labelled as verified.
+"""
 
 from __future__ import annotations
 
-from loader.report import Report
+import datetime as dt
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from attestation import Result
+from loader.report import Report, parse_utc
+
+MAX_VALUE = 120
+MAX_CLAIMS = 16
+# Claims worth a person's attention first; the rest follow in name order.
+_PREFERRED = (
+    "tee",
+    "debug",
+    "tcb_status",
+    "mrtd",
+    "rtmr0",
+    "rtmr1",
+    "rtmr2",
+    "rtmr3",
+    "measurement",
+    "host_data",
+    "policy",
+    "product_name",
+    "vlek",
+    "fmspc",
+    "tdx_module_tcb_status",
+    "driver",
+    "vbios",
+    "created",
+)
+_SKIPPED = {"report_data", "mock"}
 
 
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
+@dataclass(frozen=True)
+class Row:
+    label: str
+    value: str
+    tone: str = ""  # "ok", "bad", "warn" or ""
+
+
+@dataclass(frozen=True)
+class Section:
+    title: str
+    rows: tuple[Row, ...]
+
+
+def size_text(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
     return f"{n} B"
 
 
-def render_text(report: Report) -> str:
+def _short(value: object) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, dict | list | tuple):
+        return f"<{len(value)} entries>"
+    text = str(value)
+    return text if len(text) <= MAX_VALUE else text[: MAX_VALUE - 1] + "…"
+
+
+def key_claims(result: Result) -> list[tuple[str, str]]:
+    claims = dict(result.claims)
+    names = [n for n in _PREFERRED if n in claims]
+    names += sorted(n for n in claims if n not in _PREFERRED and n not in _SKIPPED)
+    return [(n, _short(claims[n])) for n in names[:MAX_CLAIMS]]
+
+
+def _verdict(report: Report) -> Section:
+    d = report.payload["decision"]
+    verdict = str(d["verdict"]).upper()
+    rows = [Row("verdict", verdict, "ok" if d["verdict"] == "run" else "bad")]
+    rows += [Row("reason", str(r), "bad") for r in d["reasons"]]
+    return Section("Decision", tuple(rows))
+
+
+def _evidence_type(entry: object) -> str:
+    return str(entry.get("type")) if isinstance(entry, dict) else "(malformed)"
+
+
+def _about(report: Report) -> Section:
     p = report.payload
-    d = p["decision"]
-    lines = [
-        f"report {report.digest}",
-        f"  job        {p['job']['id'] or '-'} (order {p['job']['order'] or '-'})",
-        f"  verdict    {d['verdict'].upper()}",
-    ]
-    lines += [f"  reason     {r}" for r in d["reasons"]]
-    lines.append(
-        f"  tee        {p['tee']}; evidence: {', '.join(e['type'] for e in p['evidence']) or 'none'}"
-    )
-    lines.append(f"  policy     {p['policy']['digest'] or '(not loaded)'}")
-    for i in p["inputs"]:
-        label = i["role"] if i["role"] != "dataset" else f"dataset {i['name']}"
-        state = (
-            "approved" if i["expected"] == i["digest"] else "NOT APPROVED" if i["expected"] else "not listed"
-        )
-        lines.append(f"  input      {label:<20} {i['digest']}  {i['kind']}, {_size(i['size'])}, {state}")
-    wl = p["workload"]
-    if wl is not None:
-        state = "timed out" if wl["timed_out"] else f"exit {wl['exit_code']}"
-        lines.append(
-            f"  workload   {state} after {wl['ms'] / 1000:.2f} s"
-            + (f"; {wl['error']}" if wl["error"] else "")
-        )
-        if wl["output"]:
-            lines.append(f"  output     {wl['output']['digest']} ({wl['output']['files']} files)")
-    h = p["hashing"]
-    lines.append(f"  hashing    {_size(h['bytes'])} in {h['ms'] / 1000:.2f} s")
     signer = report.chain[0].subject.rfc4514_string() if report.chain else "?"
-    lines.append(f"  signed     {p['timestamps']['finished']} by {signer}")
+    return Section(
+        "Report",
+        (
+            Row("report", report.digest),
+            Row("job", f"{p['job']['id'] or '-'} (order {p['job']['order'] or '-'})"),
+            Row("loader", f"{p['loader']['name']} {p['loader']['version']}"),
+            Row(
+                "tee",
+                f"{p['tee']}; evidence: {', '.join(_evidence_type(e) for e in p['evidence']) or 'none'}",
+            ),
+            Row("policy", p["policy"]["digest"] or "(not loaded)"),
+            Row("signed", f"{p['timestamps']['finished']} by {signer}"),
+        ),
+    )
+
+
+def _verification(verification: Any) -> Section:
+    if verification is None:
+        return Section("Verification", (Row("verified", "not checked (use `report verify`)", "warn"),))
+    total = len(verification.checks)
+    head = (
+        Row("verified", f"yes: all {total} checks passed", "ok")
+        if verification.ok
+        else Row("verified", f"NO: {verification.reason()}", "bad")
+    )
+    rows = [head] + [Row(name, detail, "ok" if ok else "bad") for name, ok, detail in verification.checks]
+    return Section("Verification", tuple(rows))
+
+
+def _evidence(verification: Any) -> Section | None:
+    if verification is None or not verification.evidence:
+        return None
+    rows: list[Row] = []
+    for i, res in enumerate(verification.evidence):
+        state = "verified" if res.ok else f"NOT verified: {res.reason()}"
+        kind = f"{res.type} (MOCK, not hardware)" if res.is_mock else res.type
+        rows.append(Row(f"evidence[{i}]", f"{kind}: {state}", "ok" if res.ok else "bad"))
+        if res.tcb_status is not None:
+            rows.append(Row("tcb", res.tcb_status, "ok" if res.tcb_status == "UpToDate" else "warn"))
+        if res.advisories:
+            rows.append(Row("advisories", ", ".join(res.advisories), "warn"))
+        rows += [Row(name, value) for name, value in key_claims(res)]
+    return Section("Evidence", tuple(rows))
+
+
+def _approval(item: dict[str, Any]) -> tuple[str, str]:
+    if item["expected"] is None:
+        return "not listed", "bad"
+    return ("approved", "ok") if item["expected"] == item["digest"] else ("NOT APPROVED", "bad")
+
+
+def _inputs(report: Report) -> Section:
+    rows = []
+    for i in report.payload["inputs"]:
+        label = i["role"] if i["role"] != "dataset" else f"dataset {i['name']}"
+        state, tone = _approval(i)
+        detail = f"{i['kind']}, {size_text(i['size'])}, {i['files']} file(s), {i['ms']} ms, {state}"
+        rows.append(Row(label, f"{i['digest']}  {detail}", tone))
+    return Section("Inputs", tuple(rows) or (Row("inputs", "none measured", "bad"),))
+
+
+def _workload(report: Report) -> Section:
+    """parse_report checks the workload only as a map: every field is checked here."""
+    wl = report.payload["workload"]
+    if wl is None:
+        return Section("Workload", (Row("workload", "not run"),))
+    timed_out, code, ms, error = (wl.get(k) for k in ("timed_out", "exit_code", "ms", "error"))
+    if not isinstance(timed_out, bool) or not isinstance(ms, int) or isinstance(ms, bool):
+        return Section("Workload", (Row("workload", "malformed workload record", "bad"),))
+    state = "timed out" if timed_out else f"exit {code}"
+    ok = not timed_out and code == 0 and not error
+    rows = [Row("workload", f"{state} after {ms / 1000:.2f} s", "ok" if ok else "bad")]
+    if error:
+        rows.append(Row("error", str(error), "bad"))
+    out = wl.get("output")
+    if isinstance(out, dict):
+        rows.append(Row("output", f"{out.get('digest')} ({out.get('files')} files, {out.get('size')} B)"))
+    return Section("Workload", tuple(rows))
+
+
+def _seconds(start: str, end: str) -> str:
+    try:
+        delta = (parse_utc(end) - parse_utc(start)) / dt.timedelta(seconds=1)
+    except ValueError:
+        return "?"
+    return f"{delta:.3f} s"
+
+
+def _timings(report: Report) -> Section:
+    p = report.payload
+    t, h = p["timestamps"], p["hashing"]
+    rows = [
+        Row("started", t["started"]),
+        Row("to measured", f"{_seconds(t['started'], t['measured'])} (attest, certify, policy, hash)"),
+        Row("to decided", _seconds(t["measured"], t["decided"])),
+        Row("to finished", f"{_seconds(t['decided'], t['finished'])} (workload, wipe, sign)"),
+        Row("total", _seconds(t["started"], t["finished"])),
+        Row("hashing", f"{size_text(h['bytes'])} in {h['ms'] / 1000:.2f} s ({size_text(h['rate'])}/s)"),
+    ]
+    wipe = p["wipe"]
+    if isinstance(wipe, dict):
+        rows.append(
+            Row("wiped", ", ".join(f"{k} {v}" for k, v in sorted(wipe.items(), key=lambda kv: str(kv[0]))))
+        )
+    rows.append(Row("events", f"{len(p['events'])} runtime-register extension(s)"))
+    return Section("Timings", tuple(rows))
+
+
+def summarize(report: Report, verification: Any = None) -> list[Section]:
+    """The sections a person reads, most important first."""
+    sections = [_verdict(report), _verification(verification), _about(report)]
+    evidence = _evidence(verification)
+    if evidence is not None:
+        sections.append(evidence)
+    return [*sections, _inputs(report), _workload(report), _timings(report)]
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def plain(text: str) -> str:
+    """Printable on a terminal: control and bidi-override characters shown as escapes."""
+    return _CONTROL.sub(lambda m: f"\\u{ord(m.group(0)):04x}", text)
+
+
+def render_text(report: Report, verification: Any = None) -> str:
+    lines = []
+    for section in summarize(report, verification):
+        lines.append(f"{section.title}:")
+        for row in section.rows:
+            lines.append(f"  {plain(row.label):<12} {plain(row.value)}")
     return "\n".join(lines) + "\n"

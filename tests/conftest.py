@@ -9,27 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.vectors import vectors_dir
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _vectors_dir() -> Path | None:
-    candidates = [
-        os.environ.get("TL_VECTORS"),
-        REPO.parent / "shared" / "vectors",
-        REPO / "shared" / "vectors",
-    ]
-    for c in candidates:
-        if c and (Path(c) / "MANIFEST.md").is_file():
-            return Path(c)
-    return None
 
 
 @pytest.fixture(scope="session")
 def vectors() -> Path:
-    path = _vectors_dir()
-    if path is None:
-        pytest.fail("attestation vectors not found: set TL_VECTORS or put shared/vectors beside the repo")
-    return path
+    return vectors_dir()
 
 
 def cli(

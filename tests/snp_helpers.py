@@ -10,12 +10,10 @@ from __future__ import annotations
 import ctypes
 import datetime as dt
 import errno
-import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
@@ -24,20 +22,10 @@ from cryptography.x509.oid import NameOID
 
 from attestation.sevsnp import ioctl as sevguest
 from attestation.sevsnp import report
+from tests.vectors import vectors_dir
 
 REPO = Path(__file__).resolve().parents[1]
 AT_2026 = dt.datetime(2026, 11, 21, tzinfo=dt.UTC)
-
-
-def vectors_dir() -> Path:
-    env = os.environ.get("TL_VECTORS")
-    candidates = [Path(env)] if env else []
-    candidates += [REPO.parent / "shared" / "vectors", REPO / ".." / "shared" / "vectors"]
-    for c in candidates:
-        if (c / "snp").is_dir():
-            return c.resolve()
-    pytest.skip("SEV-SNP vectors not found: set TL_VECTORS or place shared/vectors beside the repo")
-    raise AssertionError("unreachable")
 
 
 def snp(name: str) -> bytes:

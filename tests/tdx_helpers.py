@@ -4,29 +4,15 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import os
 from pathlib import Path
-
-import pytest
 
 from attestation.evidence import Evidence, Result, Trust
 from attestation.tdx.attester import MEASUREMENTS_DIR
 from attestation.tdx.verifier import TdxVerifier
 from tests.fake_tsm import FakeTsmKernel
+from tests.vectors import vectors_dir
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def vectors_dir() -> Path:
-    """TL_VECTORS if set, else ../shared/vectors beside the repository (CI clones it there)."""
-    env = os.environ.get("TL_VECTORS")
-    candidates = [Path(env)] if env else [REPO.parent / "shared" / "vectors", REPO / "shared" / "vectors"]
-    for path in candidates:
-        if (path / "MANIFEST.md").is_file():
-            return path
-    pytest.fail(
-        f"attestation vectors not found (looked in {', '.join(map(str, candidates))}; set TL_VECTORS)"
-    )
 
 
 def tdx(*parts: str) -> bytes:

@@ -1,0 +1,41 @@
+# syntax=docker/dockerfile:1
+# The trusted-loader daemon. The base image is pinned by digest, and the build refuses to run
+# without one (an empty digest makes an invalid reference):
+#   docker build --build-arg PYTHON_DIGEST=sha256:<digest> -t trusted-loader .
+# where <digest> is the index digest of python:3.11-slim-bookworm you have reviewed, e.g. from
+#   docker buildx imagetools inspect python:3.11-slim-bookworm
+# Running it, devices and privileges: docs/operations.md ("Container").
+ARG PYTHON_DIGEST
+
+FROM python:3.11-slim-bookworm@${PYTHON_DIGEST} AS builder
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+WORKDIR /src
+COPY . .
+RUN python -m venv /opt/venv \
+ && /opt/venv/bin/python -m pip install --no-compile --constraint docker/constraints.txt . \
+ && /opt/venv/bin/python -m pip uninstall --yes pip setuptools
+
+FROM python:3.11-slim-bookworm@${PYTHON_DIGEST}
+LABEL org.opencontainers.image.title="trusted-loader" \
+      org.opencontainers.image.description="Boot-time loader for confidential VMs: attest, measure, decide, run, report" \
+      org.opencontainers.image.licenses="Apache-2.0"
+# No pip, setuptools or wheel in the final image: nothing here installs or builds anything.
+RUN python -m pip uninstall --yes pip setuptools wheel \
+ && groupadd --system --gid 10001 trusted-loader \
+ && useradd --system --uid 10001 --gid 10001 --no-create-home \
+      --home-dir /var/lib/trusted-loader --shell /usr/sbin/nologin trusted-loader \
+ && install -d -m 0700 -o 10001 -g 10001 /var/lib/trusted-loader \
+ && install -d -m 0755 /etc/trusted-loader
+COPY --from=builder /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+WORKDIR /var/lib/trusted-loader
+# Non-root by default (enough for the mock TEE and for hosts that grant the device group);
+# configfs-tsm report entries are root-only: see docs/operations.md for --user 0 --cap-drop ALL.
+USER 10001:10001
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["trusted-loader", "run"]
+CMD ["--config", "/etc/trusted-loader/loader.toml"]

@@ -1,0 +1,201 @@
+"""Operations commands: `config check`, `install-unit`, and `report show` (text, JSON, HTML).
+
+loader.cli calls `add_parsers(subparsers)`; each command returns an exit code and raises
+LoaderError (one line) for usage and I/O problems.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from loader.errors import EXIT_OK, LoaderError
+
+DEFAULT_CONFIG = Path("/etc/trusted-loader/loader.toml")
+UNIT_NAME = "trusted-loader.service"
+RULES_NAME = "70-trusted-loader.rules"
+# tee -> the systemd device unit of its guest device (systemd-escape --path)
+DEVICE_UNITS = {"tdx": "dev-tdx_guest.device", "sev-snp": "dev-sev\\x2dguest.device"}
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    from loader.config import load_config
+    from loader.secretfiles import active
+
+    cfg = load_config(args.file)
+    overrides = active()
+    if args.json:
+        doc = {
+            "ok": True,
+            "file": str(cfg.path),
+            "tee": cfg.tee,
+            "job_id": cfg.job_id,
+            "inputs": [{"role": i.role, "name": i.name, "path": str(i.path)} for i in cfg.inputs],
+            "overrides": overrides,
+        }
+        json.dump(doc, sys.stdout, indent=2, sort_keys=True)
+        sys.stdout.write("\n")
+    for key, path in sorted(overrides.items()):
+        print(f"{args.file}: {key} overridden from the environment: {path}", file=sys.stderr)
+    print(f"{args.file}: valid (tee {cfg.tee}, {len(cfg.inputs)} inputs)", file=sys.stderr)
+    return EXIT_OK
+
+
+def _exec_argv(explicit: str | None) -> list[str]:
+    if explicit:
+        if not explicit.startswith("/"):
+            raise LoaderError(f"--exec: expected an absolute path, found {explicit!r}")
+        return [explicit]
+    script = Path(sys.executable).parent / "trusted-loader"
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "loader"]
+
+
+def _device_deps(tee: str | None) -> str:
+    unit = DEVICE_UNITS.get(tee or "")
+    if unit is None:
+        return "# no TEE device dependency (tee not tdx or sev-snp): see docs/operations.md"
+    return f"Wants={unit}\nAfter={unit}"
+
+
+def _tee_for(args: argparse.Namespace) -> str | None:
+    if args.tee != "from-config":
+        return None if args.tee == "none" else str(args.tee)
+    from loader.config import load_config
+
+    if not args.config.exists():
+        print(f"install-unit: {args.config} does not exist yet; no TEE device dependency", file=sys.stderr)
+        return None
+    return load_config(args.config).tee
+
+
+def render_unit(*, exec_argv: list[str], config: Path, tee: str | None) -> str:
+    """The unit with its placeholders filled; refuses values systemd would reinterpret."""
+    template = resources.files("loader.systemd").joinpath(UNIT_NAME).read_text(encoding="utf-8")
+    for value in [*exec_argv, str(config)]:
+        if not value or any(c.isspace() or c in "\"'\\%$;" or not c.isprintable() for c in value):
+            raise LoaderError(f"install-unit: {value!r} contains characters a unit file would reinterpret")
+    return (
+        template.replace("@EXEC@", " ".join(exec_argv))
+        .replace("@CONFIG@", str(config))
+        .replace("@DEVICE_DEPS@", _device_deps(tee))
+    )
+
+
+def _write(path: Path, text: str, force: bool) -> None:
+    if path.exists() and not force:
+        raise LoaderError(f"{path}: exists; pass --force to replace it")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.chmod(0o644)
+        tmp.replace(path)
+    except OSError as exc:
+        raise LoaderError(f"{path}: cannot write: {exc.strerror}") from exc
+    print(f"wrote {path}", file=sys.stderr)
+
+
+def cmd_install_unit(args: argparse.Namespace) -> int:
+    if not args.config.is_absolute():
+        raise LoaderError(f"--config: expected an absolute path, found {str(args.config)!r}")
+    unit = render_unit(exec_argv=_exec_argv(args.exec), config=args.config, tee=_tee_for(args))
+    prefix = args.prefix
+    _write(prefix / "etc/systemd/system" / UNIT_NAME, unit, args.force)
+    rules = resources.files("loader.systemd").joinpath(RULES_NAME).read_text(encoding="utf-8")
+    _write(prefix / "etc/udev/rules.d" / RULES_NAME, rules, args.force)
+    print("next: systemctl daemon-reload && systemctl enable trusted-loader.service", file=sys.stderr)
+    return EXIT_OK
+
+
+def _verification(args: argparse.Namespace, raw: bytes) -> Any:
+    from certs.chain import load_certificates
+    from loader.verify import verify_report
+
+    ca = load_certificates(_read(args.ca, "CA certificate"), what=str(args.ca)) if args.ca else []
+    return verify_report(raw, ca=ca, at=args.at, allow_mock=args.allow_mock)
+
+
+def _read(path: Path, what: str) -> bytes:
+    from loader.cli import _read as read
+
+    return read(path, what)
+
+
+def cmd_report_show(args: argparse.Namespace) -> int:
+    """Text (default), --json or --html; verified too unless --no-verify.
+
+    Exit 0 whenever the report could be rendered, verified or not (the verification outcome
+    is part of what is shown); `report verify` is the command whose exit code is the verdict.
+    """
+    from loader.html import render_html
+    from loader.report import parse_report
+    from loader.show import render_text
+
+    raw = _read(args.report, "report")
+    report = parse_report(raw)
+    check = None if args.no_verify else _verification(args, raw)
+    if args.json:
+        text = json.dumps(_json_doc(report, check), indent=2, sort_keys=True) + "\n"
+    elif args.html:
+        text = render_html(report, check)
+    else:
+        text = render_text(report, check)
+    if args.output:
+        from loader.spool import atomic_write
+
+        atomic_write(args.output, text.encode("utf-8"))
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
+def _json_doc(report: Any, check: Any) -> dict[str, Any]:
+    from loader.cli import _jsonable
+
+    doc = {"digest": report.digest, **_jsonable(report.payload)}
+    doc["certificates"] = [c.subject.rfc4514_string() for c in report.chain]
+    if check is not None:
+        doc["verification"] = check.to_json()
+    return doc
+
+
+def add_report_show(report_sub: Any, time_type: Any) -> None:
+    show = report_sub.add_parser("show", help="readable summary (or --json, --html) of a report")
+    show.add_argument("report", type=Path)
+    fmt = show.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="the payload and verification as JSON")
+    fmt.add_argument("--html", action="store_true", help="a self-contained HTML page for an auditor")
+    show.add_argument("-o", "--output", type=Path, help="write to this file instead of stdout")
+    show.add_argument("--no-verify", action="store_true", help="only decode; do not verify")
+    show.add_argument("--ca", type=Path)
+    show.add_argument("--at", type=time_type)
+    show.add_argument("--allow-mock", action="store_true")
+    show.set_defaults(func=cmd_report_show)
+
+
+def add_parsers(sub: Any) -> None:
+    config = sub.add_parser("config", help="configuration tools").add_subparsers(
+        dest="config_command", required=True
+    )
+    check = config.add_parser("check", help="validate a loader configuration file")
+    check.add_argument("file", type=Path)
+    check.add_argument("--json", action="store_true")
+    check.set_defaults(func=cmd_config_check)
+
+    unit = sub.add_parser("install-unit", help="install the systemd unit and udev rule")
+    unit.add_argument("--prefix", type=Path, default=Path("/"), help="root to install under (default /)")
+    unit.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    unit.add_argument("--exec", help="absolute path of the trusted-loader executable")
+    unit.add_argument(
+        "--tee",
+        choices=["from-config", "tdx", "sev-snp", "none"],
+        default="from-config",
+        help="order the unit after this TEE's guest device (default: the config's tee)",
+    )
+    unit.add_argument("--force", action="store_true", help="replace existing files")
+    unit.set_defaults(func=cmd_install_unit)
