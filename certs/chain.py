@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from typing import Literal
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from certs.errors import CertificateFormatError, ChainError
@@ -37,7 +38,17 @@ def load_certificates(data: bytes, *, what: str = "certificates") -> list[x509.C
                 certs = x509.load_pem_x509_certificates(data)
             else:
                 certs = [x509.load_der_x509_certificate(data)]
-    except (ValueError, x509.InvalidVersion) as exc:
+            for cert in certs:
+                # cryptography parses these lazily: a malformed one would raise ValueError
+                # later, wherever a caller first reads it. Parse them here, once.
+                _ = cert.subject, cert.issuer, cert.extensions, cert.public_key()
+    except (
+        ValueError,
+        UnsupportedAlgorithm,
+        x509.InvalidVersion,
+        x509.DuplicateExtension,
+        x509.UnsupportedGeneralNameType,
+    ) as exc:
         raise CertificateFormatError(f"{what}: not a PEM bundle or DER certificate ({exc})") from exc
     if not certs:
         raise CertificateFormatError(f"{what}: no certificate found")

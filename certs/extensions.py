@@ -40,7 +40,7 @@ def decode_evidence_extension(cert: x509.Certificate) -> dict[str, Any] | None:
     try:
         octets = core.OctetString.load(raw, strict=True).native
         bundle = cbor2.loads(octets)
-    except (ValueError, TypeError, cbor2.CBORDecodeError) as exc:
+    except (ValueError, TypeError, OverflowError, RecursionError, cbor2.CBORError) as exc:
         raise CertificateFormatError(f"evidence extension: malformed ({exc})") from exc
     if not isinstance(bundle, dict) or not isinstance(bundle.get("evidence"), list):
         raise CertificateFormatError("evidence extension: expected a map with an evidence list")

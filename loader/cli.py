@@ -156,13 +156,17 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def cmd_report_verify(args: argparse.Namespace) -> int:
+def _load_ca(path: Path | None) -> list[Any]:
     from certs.chain import load_certificates
+
+    return load_certificates(_read(path, "CA certificate"), what=str(path)) if path else []
+
+
+def cmd_report_verify(args: argparse.Namespace) -> int:
     from loader.verify import verify_report
 
     raw = _read(args.report, "report")
-    ca = load_certificates(_read(args.ca, "CA certificate"), what=str(args.ca)) if args.ca else []
-    result = verify_report(raw, ca=ca, at=args.at, allow_mock=args.allow_mock)
+    result = verify_report(raw, ca=_load_ca(args.ca), at=args.at, allow_mock=args.allow_mock)
     if args.json:
         json.dump(result.to_json(), sys.stdout, indent=2, sort_keys=True)
         sys.stdout.write("\n")
@@ -179,7 +183,9 @@ def cmd_report_verify(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     from loader.replay import replay
 
-    check, items = replay(_read(args.report, "report"), args.input)
+    check, items = replay(
+        _read(args.report, "report"), args.input, ca=_load_ca(args.ca), at=args.at, allow_mock=args.allow_mock
+    )
     if not check.ok:
         print(f"{args.report}: rejected: {check.reason()}", file=sys.stderr)
         return EXIT_REJECTED
@@ -260,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("replay", help="compare your copies of the inputs with a report")
     rep.add_argument("report", type=Path)
     rep.add_argument("--input", action="append", required=True, metavar="ROLE[:NAME]=PATH")
+    rep.add_argument("--ca", type=Path)
+    rep.add_argument("--at", type=_time)
+    rep.add_argument("--allow-mock", action="store_true")
     rep.set_defaults(func=cmd_replay)
 
     from certs.cli import add_parser as add_ca_parser

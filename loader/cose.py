@@ -60,19 +60,34 @@ def encode_sign1(
     return cbor2.dumps(cbor2.CBORTag(TAG_SIGN1, [protected_raw, {}, payload, signature]), canonical=True)
 
 
-def decode_cbor(data: bytes, what: str) -> Any:
+_CBOR_ERRORS = (cbor2.CBORError, ValueError, TypeError, OverflowError, RecursionError)
+
+
+def decode_cbor(data: bytes, what: str, *, canonical: bool = False) -> Any:
+    """One CBOR item; with `canonical`, also refuse any encoding but the deterministic one.
+
+    Re-encoding is part of the check, and it can fail on items the decoder builds but the
+    encoder refuses (tag 36 MIME messages, tag 28/29 self-referencing arrays): those are
+    malformed input too, never an exception for the caller.
+    """
     try:
-        return cbor2.loads(data)
-    except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, RecursionError) as exc:
+        obj = cbor2.loads(data)
+    except _CBOR_ERRORS as exc:
         raise ReportError(f"{what}: not well-formed CBOR ({exc})") from exc
+    if canonical:
+        try:
+            same = cbor2.dumps(obj, canonical=True) == data
+        except _CBOR_ERRORS as exc:
+            raise ReportError(f"{what}: holds CBOR items that cannot be re-encoded ({exc})") from exc
+        if not same:
+            raise ReportError(f"{what}: not in deterministic CBOR encoding (altered or trailing bytes)")
+    return obj
 
 
 def decode_sign1(data: bytes) -> Sign1:
     if len(data) > MAX_REPORT_BYTES:
         raise ReportError(f"report: {len(data)} bytes, more than the {MAX_REPORT_BYTES} allowed")
-    obj = decode_cbor(data, "report")
-    if cbor2.dumps(obj, canonical=True) != data:
-        raise ReportError("report: not in deterministic CBOR encoding (altered or trailing bytes)")
+    obj = decode_cbor(data, "report", canonical=True)
     if not isinstance(obj, cbor2.CBORTag) or obj.tag != TAG_SIGN1:
         raise ReportError("report: expected a COSE_Sign1 (CBOR tag 18)")
     body = obj.value
@@ -85,9 +100,12 @@ def decode_sign1(data: bytes) -> Sign1:
         raise ReportError("report: payload must be an attached byte string")
     if not isinstance(signature, bytes) or len(signature) != SIG_LEN:
         raise ReportError(f"report: ES384 signature must be {SIG_LEN} bytes")
-    protected = decode_cbor(protected_raw, "report protected header")
+    protected = decode_cbor(protected_raw, "report protected header", canonical=True)
     if not isinstance(protected, dict):
         raise ReportError("report: protected header must be a map")
+    if not all(type(label) is int for label in protected):
+        # `true` and 1.0 hash and compare equal to 1: they must not pass as the alg label.
+        raise ReportError("report: protected header labels must be integers")
     if unprotected:
         raise ReportError("report: unexpected unprotected header parameters")
     if protected.get(HDR_ALG) != ALG_ES384:

@@ -156,7 +156,7 @@ def summary(workdir: Path, outcome: Any, check: Any, ca_url: str | None = None) 
         f"  report    {report} ({digest})",
         f"  verify    {verdict}",
         f"  try       trusted-loader report show {report}",
-        f"            trusted-loader replay {report} --input dataset:lab={lab}",
+        f"            trusted-loader replay {report} --allow-mock --input dataset:lab={lab}",
         f"            trusted-loader run --config {workdir / 'loader.toml'}",
     ]
     if ca_url:

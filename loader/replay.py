@@ -1,18 +1,23 @@
 """Replay: measure the verifier's own copies of the inputs and compare with a report.
 
-The report's signature is checked first (a report whose payload was altered proves nothing);
-each input given on the command line is then hashed exactly as the loader hashed it.
+The report is verified first, in full: signature, certificate, evidence and binding (a report
+that does not verify proves nothing); each input given on the command line is then hashed
+exactly as the loader hashed it.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from loader.errors import InputError, LoaderError, ReportError
+from cryptography import x509
+
+from loader.errors import InputError, LoaderError
 from loader.measure import format_for_kind, measure
-from loader.report import Report, parse_report
-from loader.verify import Verification, check_signer
+from loader.report import Report
+from loader.verify import Verification, verify_report
 
 
 @dataclass(frozen=True)
@@ -54,16 +59,23 @@ def _recorded(report: Report, role: str, name: str | None) -> dict[str, object]:
     raise LoaderError(f"--input {role}{':' + name if name else ''}: not in the report (it has {known})")
 
 
-def replay(raw: bytes, args: list[str]) -> tuple[Verification, list[ReplayItem]]:
-    check = Verification()
-    try:
-        report = parse_report(raw)
-    except ReportError as exc:
-        check.add("format", False, str(exc))
+def replay(
+    raw: bytes,
+    args: list[str],
+    *,
+    ca: Sequence[x509.Certificate] = (),
+    at: dt.datetime | None = None,
+    allow_mock: bool = False,
+) -> tuple[Verification, list[ReplayItem]]:
+    """Verify the report in full (as `report verify` does), then hash each input given.
+
+    A signature alone proves nothing: anyone can sign a report with a key of their own. Only
+    a report whose evidence binds its key vouches for the digests it records.
+    """
+    check = verify_report(raw, ca=ca, at=at, allow_mock=allow_mock)
+    if not check.ok or check.report is None:
         return check, []
-    check.add("format", True, "report parsed")
-    if not check_signer(check, report):
-        return check, []
+    report = check.report
     items = []
     for arg in args:
         role, name, path = parse_input_arg(arg)

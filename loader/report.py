@@ -66,9 +66,18 @@ _SCHEMA: dict[str, Any] = {
     "inputs": _LIST,
     "events": _LIST,
     "decision": {"verdict": _TEXT, "reasons": _LIST},
-    "workload": (type(None), _MAP),
+    "workload": (
+        type(None),
+        {
+            "exit_code": (type(None), _INT),
+            "timed_out": _BOOL,
+            "ms": _INT,
+            "error": (type(None), _TEXT),
+            "output": (type(None), {"digest": _TEXT, "size": _INT, "files": _INT}),
+        },
+    ),
     "hashing": {"bytes": _INT, "ms": _INT, "rate": _INT},
-    "wipe": (type(None), _MAP),
+    "wipe": (type(None), {"files": _INT, "overwritten": _INT}),
     "timestamps": {"started": _TEXT, "measured": _TEXT, "decided": _TEXT, "finished": _TEXT},
 }
 _INPUT = {
@@ -84,6 +93,25 @@ _INPUT = {
 _EVENT = {"register": _TEXT, "event": _TEXT, "value": _BYTES}
 
 
+INT_RANGE = range(-(2**63), 2**64)
+"""Integers a report may hold (CBOR's native range); bignums are refused."""
+
+
+def _check_value(value: object, kind: Any, path: str) -> None:
+    """`kind`: a type, a schema map, or a tuple of alternatives (None and one type or map)."""
+    if isinstance(kind, dict):
+        _check_map(value, kind, path)
+        return
+    if isinstance(kind, tuple):
+        if value is not None:
+            _check_value(value, next(k for k in kind if k is not type(None)), path)
+        return
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not _BOOL):
+        raise ReportError(f"report payload: {path}: wrong type {type(value).__name__}")
+    if isinstance(value, int) and not isinstance(value, bool) and value not in INT_RANGE:
+        raise ReportError(f"report payload: {path}: integer out of range")
+
+
 def _check_map(obj: object, schema: dict[str, Any], where: str) -> None:
     if not isinstance(obj, dict):
         raise ReportError(f"report payload: {where or 'top level'}: expected a map")
@@ -91,12 +119,7 @@ def _check_map(obj: object, schema: dict[str, Any], where: str) -> None:
         diff = sorted(set(obj) ^ set(schema), key=str)
         raise ReportError(f"report payload: {where or 'top level'}: unexpected or missing field {diff[0]!r}")
     for key, kind in schema.items():
-        path = f"{where}.{key}" if where else key
-        value = obj[key]
-        if isinstance(kind, dict):
-            _check_map(value, kind, path)
-        elif not isinstance(value, kind) or (isinstance(value, bool) and kind is _INT):
-            raise ReportError(f"report payload: {path}: wrong type {type(value).__name__}")
+        _check_value(obj[key], kind, f"{where}.{key}" if where else key)
 
 
 def check_payload(payload: object) -> dict[str, Any]:
@@ -139,9 +162,7 @@ class Report:
 def parse_report(raw: bytes) -> Report:
     """Decode and structurally check a report; signatures are checked by loader.verify."""
     envelope = cose.decode_sign1(raw)
-    payload = cose.decode_cbor(envelope.payload, "report payload")
-    if cbor2.dumps(payload, canonical=True) != envelope.payload:
-        raise ReportError("report payload: not in deterministic CBOR encoding")
+    payload = cose.decode_cbor(envelope.payload, "report payload", canonical=True)
     check_payload(payload)
     chain = []
     for i, der in enumerate(envelope.x5chain):

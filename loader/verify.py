@@ -11,7 +11,7 @@ import datetime as dt
 import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -28,9 +28,10 @@ from loader import cose
 from loader.decide import Measured, decide
 from loader.errors import PolicyError, ReportError
 from loader.policy import parse_policy
-from loader.report import Report, input_event, parse_report
+from loader.report import Report, input_event, parse_report, parse_utc
 
 GPU_TYPES = GPU_EVIDENCE_TYPES
+_Ext = TypeVar("_Ext", bound=x509.ExtensionType)
 
 
 @dataclass
@@ -77,7 +78,9 @@ def verify_report(
         return result
     result.report = report
     result.add("format", True, "COSE_Sign1, ES384, deterministic CBOR payload")
-    when = at or dt.datetime.now(dt.UTC)
+    when = dt.datetime.now(dt.UTC) if at is None else at
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)  # as the command line reads a time without offset
     trust = trust or Trust(allow_mock=allow_mock)
     if not check_signer(result, report):
         return result
@@ -85,6 +88,7 @@ def verify_report(
     _evidence(result, report, trust, when)
     _decision(result, report)
     _events(result, report)
+    _timestamps(result, report)
     return result
 
 
@@ -109,16 +113,56 @@ def check_signer(result: Verification, report: Report) -> bool:
     )
 
 
-def _chain(result: Verification, report: Report, ca: Sequence[x509.Certificate]) -> None:
+def _signer_usage(leaf: x509.Certificate) -> str | None:
+    """Why `leaf` may not sign reports (a CA certificate, no digitalSignature), or None."""
+    try:
+        constraints = _extension(leaf, x509.BasicConstraints)
+        usage = _extension(leaf, x509.KeyUsage)
+    except (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as exc:
+        return f"the signer's certificate has malformed extensions ({exc})"
+    if constraints is not None and constraints.ca:
+        return "the signer's certificate is a CA certificate, not an end-entity one"
+    if usage is not None and not usage.digital_signature:
+        return "the signer's certificate does not allow digitalSignature"
+    return None
+
+
+def _extension(cert: x509.Certificate, kind: type[_Ext]) -> _Ext | None:
+    try:
+        return cert.extensions.get_extension_for_class(kind).value
+    except x509.ExtensionNotFound:
+        return None
+
+
+def _chain_certificate(result: Verification, report: Report, ca: Sequence[x509.Certificate]) -> None:
     leaf, rest = report.chain[0], report.chain[1:]
     signed_at = report.signed_at
-    if ca:
+    misuse = _signer_usage(leaf)
+    if misuse:
+        result.add("certificate", False, misuse)
+    elif ca:
         try:
-            verify_chain(leaf, intermediates=rest, roots=ca, at=signed_at)
-            result.add("certificate", True, f"issued by the given CA, valid at {signed_at.isoformat()}")
+            path = verify_chain(leaf, intermediates=rest, roots=ca, at=signed_at)
         except CertsError as exc:
             result.add("certificate", False, f"does not chain to the given CA: {exc}")
+            return
+        # x5chain is the path leaf first (the anchor may be left out); nothing else may ride along.
+        on_path = len(report.chain) <= len(path) and all(
+            a == b for a, b in zip(report.chain, path, strict=False)
+        )
+        result.add(
+            "certificate",
+            on_path,
+            f"issued by the given CA, valid at {signed_at.isoformat()}"
+            if on_path
+            else "x5chain holds certificates that are not on the validated path",
+        )
     elif leaf.issuer == leaf.subject:
+        if rest:
+            result.add(
+                "certificate", False, f"self-issued, but x5chain holds {len(rest)} more certificate(s)"
+            )
+            return
         try:
             verify_chain(leaf, roots=[leaf], at=signed_at)
             result.add("certificate", True, "self-issued (offline mode): trust rests on the evidence")
@@ -126,6 +170,11 @@ def _chain(result: Verification, report: Report, ca: Sequence[x509.Certificate])
             result.add("certificate", False, f"self-issued certificate invalid: {exc}")
     else:
         result.add("certificate", False, "issued by a CA: pass --ca with that CA's certificate")
+
+
+def _chain(result: Verification, report: Report, ca: Sequence[x509.Certificate]) -> None:
+    leaf = report.chain[0]
+    _chain_certificate(result, report, ca)
     try:
         bundle = decode_evidence_extension(leaf)
     except CertsError as exc:
@@ -226,6 +275,18 @@ def _decision(result: Verification, report: Report) -> None:
         result.add("decision", False, f"a reason is missing from the report: {missing[0]}")
     else:
         result.add("decision", True, f"verdict {verdict!r} follows from the inputs and the approved list")
+
+
+def _timestamps(result: Verification, report: Report) -> None:
+    stamps = report.payload["timestamps"]
+    names = ("started", "measured", "decided", "finished")
+    times = [parse_utc(stamps[name]) for name in names]
+    bad = [f"{names[i]} after {names[i + 1]}" for i in range(len(names) - 1) if times[i] > times[i + 1]]
+    result.add(
+        "timestamps",
+        not bad,
+        f"{', '.join(bad)}: the report's times are out of order" if bad else "in order",
+    )
 
 
 def _events(result: Verification, report: Report) -> None:

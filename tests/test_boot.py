@@ -60,7 +60,13 @@ def test_replay_then_tamper_then_run_aborts(tmp_path: Path) -> None:
     report = workdir / "report.cbor"
     lab = workdir / "inputs" / "datasets" / "lab"
     good = cli(
-        "replay", report, "--input", f"dataset:lab={lab}", "--input", f"engine={workdir / 'inputs/engine'}"
+        "replay",
+        report,
+        "--allow-mock",
+        "--input",
+        f"dataset:lab={lab}",
+        "--input",
+        f"engine={workdir / 'inputs/engine'}",
     )
     assert good.returncode == 0, good.stderr
     again = cli("run", "--config", workdir / "loader.toml")
@@ -70,7 +76,7 @@ def test_replay_then_tamper_then_run_aborts(tmp_path: Path) -> None:
     data = bytearray(csv.read_bytes())
     data[100] ^= 0x01
     csv.write_bytes(bytes(data))
-    bad = cli("replay", report, "--input", f"dataset:lab={lab}")
+    bad = cli("replay", report, "--allow-mock", "--input", f"dataset:lab={lab}")
     assert bad.returncode == 1
     assert "dataset 'lab'" in bad.stderr
 

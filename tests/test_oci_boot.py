@@ -49,7 +49,13 @@ def test_oci_engine_is_measured_run_and_replayable(demo_dir: Path, tmp_path: Pat
     pull, run = calls(log)
     assert pull[0] == "pull" and run[0] == "run" and "--network=none" in run
     assert run[-2:] == ["--out", "/output"]
-    replay = cli("replay", demo_dir / "report.cbor", "--input", f"engine={demo_dir / 'inputs' / 'image'}")
+    replay = cli(
+        "replay",
+        demo_dir / "report.cbor",
+        "--allow-mock",
+        "--input",
+        f"engine={demo_dir / 'inputs' / 'image'}",
+    )
     assert replay.returncode == 0, replay.stderr
     assert "engine" in replay.stderr and "matches" in replay.stderr
 

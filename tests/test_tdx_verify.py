@@ -30,7 +30,7 @@ from tests.tdx_helpers import (
 
 INTEL_ROOT_SHA256 = "44a0196b2b99f889b8e149e95b807a350e7424964399e885a7cbb8ccfab674d3"
 QUOTE_CHECKS = {"format", "qe_vendor_id", "pck_chain", "pck_revocation", "pck_extensions"}
-QUOTE_CHECKS |= {"qe_report_signature", "qe_report_data", "quote_signature"}
+QUOTE_CHECKS |= {"qe_report_signature", "qe_enclave", "qe_report_data", "quote_signature"}
 
 
 def test_bundled_root_is_the_intel_sgx_root_ca():

@@ -11,6 +11,7 @@ from attestation.errors import EvidenceFormatError
 
 MAGIC = "trusted-loader/mock-evidence/v1"
 REGISTERS = ("mrtd", "rtmr0", "rtmr1", "rtmr2", "rtmr3")
+MAX_CREATED = 253402300799  # 9999-12-31T23:59:59Z, the last second datetime can represent
 _FIELDS = {"mock", "tee", "report_data", "registers", "debug", "created"}
 
 
@@ -68,6 +69,9 @@ def decode(blob: bytes) -> MockEvidence:
         raise EvidenceFormatError(f"mock evidence: registers must be {list(REGISTERS)}")
     if not all(isinstance(v, bytes) and len(v) == 48 for v in regs.values()):
         raise EvidenceFormatError("mock evidence: each register must be 48 bytes")
-    if not isinstance(body["debug"], bool) or not isinstance(body["created"], int):
+    created = body["created"]
+    if not isinstance(body["debug"], bool) or type(created) is not int:
         raise EvidenceFormatError("mock evidence: debug must be a bool and created an integer")
+    if not 0 <= created <= MAX_CREATED:
+        raise EvidenceFormatError(f"mock evidence: created {created} is not a time in 1970..9999")
     return MockEvidence(payload, signature, rd, dict(regs), body["debug"], body["created"])

@@ -68,7 +68,7 @@ def check_chain(
 ) -> list[x509.Certificate]:
     """Validate the full chain (leaf … root) at `at`; raises VerificationError or certs' ChainError.
 
-    The given root must be a trusted root (same subject and key); the path OpenSSL builds
+    The given root must be a trusted root, byte for byte; the path OpenSSL builds
     from the trust store must run through exactly the given certificates, in order.
     """
     if len(certs) < 2:
@@ -76,10 +76,17 @@ def check_chain(
             f"expected a chain from the GPU leaf to the root, found {len(certs)} certificate"
         )
     last = certs[-1]
-    if _identity(last) not in {_identity(r) for r in roots}:
+    # Byte for byte: path building uses the trusted copy, so any other bytes in the embedded
+    # root would be unauthenticated slack in the evidence.
+    if fingerprint(last) not in {fingerprint(r) for r in roots}:
         raise VerificationError(
             f"the chain must end at the trusted root ({', '.join(describe(r) for r in roots)}); "
             f"it ends at {describe(last)}"
+            + (
+                " (same name and key, different certificate)"
+                if _identity(last) in {_identity(r) for r in roots}
+                else ""
+            )
         )
     if _is_ca(certs[0]):
         raise VerificationError(

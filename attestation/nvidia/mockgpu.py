@@ -89,7 +89,7 @@ def root_certificate() -> x509.Certificate:
             x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA384())
+        .sign(key, hashes.SHA384(), ecdsa_deterministic=True)
     )
 
 
@@ -111,7 +111,7 @@ def leaf_certificate() -> x509.Certificate:
             x509.AuthorityKeyIdentifier.from_issuer_public_key(root_key.public_key()), critical=False
         )
         .add_extension(_fwid_extension(root_key.public_key()), critical=False)
-        .sign(root_key, hashes.SHA384())
+        .sign(root_key, hashes.SHA384(), ecdsa_deterministic=True)
     )
 
 

@@ -39,6 +39,10 @@ ECDSA_KEY_LEN = 64
 TEE_TYPE_TDX = 0x00000081
 ATT_KEY_ECDSA_P256 = 2
 INTEL_QE_VENDOR_ID = bytes.fromhex("939a7233f79c4ca9940a0db3957f0607")
+INTEL_QE_MRSIGNER = bytes.fromhex("dc9e2a7c6f948f17474e34a7fc43ed030f7c1563f1babddf6340c82e0e54a8c5")
+"""MRSIGNER of Intel's quoting enclaves (the QE Identity documents from Intel PCS name it)."""
+TD_QE_ISVPRODID = 2
+SGX_ATTRIBUTES_DEBUG = 1 << 1
 
 BODY_TYPE_TD10 = 2
 BODY_TYPE_TD15 = 3

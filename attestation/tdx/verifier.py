@@ -2,8 +2,9 @@
 
 Checks, in order, each reported by name: format, qe_vendor_id, pck_chain (to the Intel SGX Root
 CA at `at`, with CRLs when given), pck_revocation, pck_extensions, qe_report_signature,
-qe_report_data, quote_signature, report_data (when expected), and with collateral:
-collateral, tcb_info, tcb_info_fresh, qe_identity, qe_identity_fresh, tcb_evaluation, tcb_status.
+qe_enclave (Intel's TD QE, with or without collateral), qe_report_data, quote_signature,
+report_data (when expected), and with collateral: collateral, tcb_info, tcb_info_fresh,
+qe_identity, qe_identity_fresh, tcb_evaluation, tcb_status.
 
 Trust: roots["intel_root"] replaces the bundled Intel SGX Root CA; collateral is keyed by the
 PCS file names in `collateral.REQUIRED`/`OPTIONAL`; options["accept_tcb"] is the set of accepted
@@ -260,6 +261,7 @@ def _quote_checks(run: _Run, q: quote.Quote) -> pck.PckExtensions | None:
         )
     else:
         checks.fail("qe_report_signature", "not checked: no valid PCK certificate")
+    _qe_identity(checks, q.qe_report)
     expected = hashlib.sha256(q.attestation_key + q.qe_auth_data).digest() + bytes(32)
     bound = hmac.compare_digest(q.qe_report.report_data, expected)
     checks.add(
@@ -281,6 +283,26 @@ def _quote_checks(run: _Run, q: quote.Quote) -> pck.PckExtensions | None:
         else "attestation key is not a P-256 point",
     )
     return ext
+
+
+def _qe_identity(checks: ChecksBuilder, qe: quote.SgxReportBody) -> None:
+    """Intel's TD QE, not a debug one, whether or not QE Identity collateral is given.
+
+    The PCE certifies any enclave with the provisioning attribute, so without this pin a host
+    could run its own quoting enclave and sign any TD report with a genuine PCK chain.
+    """
+    problems = []
+    if not hmac.compare_digest(qe.mrsigner, quote.INTEL_QE_MRSIGNER):
+        problems.append(f"MRSIGNER {qe.mrsigner.hex()} is not Intel's")
+    if qe.isvprodid != quote.TD_QE_ISVPRODID:
+        problems.append(f"ISVPRODID {qe.isvprodid}, expected {quote.TD_QE_ISVPRODID} (TD_QE)")
+    if int.from_bytes(qe.attributes, "little") & quote.SGX_ATTRIBUTES_DEBUG:
+        problems.append("ATTRIBUTES.DEBUG is set")
+    checks.add(
+        "qe_enclave",
+        not problems,
+        "; ".join(problems) if problems else "Intel TD quoting enclave (MRSIGNER, ISVPRODID 2, not debug)",
+    )
 
 
 def _collateral_checks(run: _Run, q: quote.Quote, ext: pck.PckExtensions | None) -> None:
