@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import serialization
 import loader
 from attestation import AttestationError, Attester, Evidence, attester_for, binding
 from certs.selfissue import self_issue
+from loader import multiparty
 from loader.config import LoaderConfig
 from loader.decide import Measured, decide
 from loader.errors import InputError, PolicyError
@@ -61,6 +62,7 @@ class BootState:
     wiped: dict[str, int] | None = None
     hash_seconds: float = 0.0
     output_error: str | None = None
+    party: multiparty.PartyState = field(default_factory=multiparty.PartyState)
 
     def stamp(self, name: str) -> None:
         self.times[name] = utc_text(dt.datetime.now(dt.UTC))
@@ -88,16 +90,19 @@ def boot(
     try:
         _attest(state, attester)
         _certify(state)
+        multiparty.publish_certificate(state)
         _load_policy(state)
         staging = make_private_dir(cfg.staging_dir / f"{cfg.job_id or 'job'}-{run_id}")
         try:
             _measure(state, staging)
             _extend(state)
             _decide(state)
+            if not state.reasons and state.cfg.grants is not None:
+                multiparty.unlock(state, staging)
             if not state.reasons:
                 _run(state, staging)
         finally:
-            state.wiped = wipe(staging)
+            state.wiped = multiparty.wipe_record(state, wipe(staging))
         report = _sign(state)
     finally:
         state.key.discard()
@@ -138,18 +143,24 @@ def _load_policy(state: BootState) -> None:
     except PolicyError as exc:
         state.reasons.append(f"policy: {exc}")
         log.error("%s", exc)
+    multiparty.check_policy(state)
 
 
 def _measure(state: BootState, staging: Path) -> None:
     start = time.monotonic()
+    encrypted = multiparty.encrypted_names(state)
     for spec in state.cfg.inputs:
+        sealed = spec.role == "dataset" and spec.name in encrypted
         try:
-            m = stage_input(spec, staging / "inputs")
+            m = stage_input(spec, staging / ("sealed" if sealed else "inputs"))
         except InputError as exc:
             state.reasons.append(f"{spec.label}: {exc}")
             log.error("%s", exc)
             continue
-        state.measurements.append(m)
+        if sealed:
+            state.party.ciphertexts[spec.name] = m
+        else:
+            state.measurements.append(m)
         log.info(
             "measured %s: %s (%d bytes, %d files)", spec.label, m.digest.digest, m.digest.size, m.digest.files
         )
@@ -164,6 +175,7 @@ def _extend(state: BootState) -> None:
     if state.policy is not None:
         entries.append(f"policy={state.policy.digest}")
     entries += [input_event(m.spec.role, m.spec.name, m.digest.digest) for m in state.measurements]
+    entries += [multiparty.encrypted_event(n, m.digest.digest) for n, m in state.party.ciphertexts.items()]
     for event in entries:
         value = event_value(event)
         if state.attester is not None:
@@ -179,7 +191,7 @@ def _extend(state: BootState) -> None:
 def _decide(state: BootState) -> None:
     if state.policy is not None:
         measured = [Measured(m.spec.role, m.spec.name, m.digest.digest) for m in state.measurements]
-        state.reasons += decide(state.policy, measured, state.cfg.tee)
+        state.reasons += decide(state.policy, measured, state.cfg.tee, pending=multiparty.pending(state))
     state.stamp("decided")
     if state.reasons:
         log.warning("abort: %s", "; ".join(state.reasons))
@@ -213,6 +225,8 @@ def _collect_output(state: BootState, paths: StagedPaths) -> dict[str, Any] | No
 
     target = state.cfg.output_dir / state.run_id
     target.mkdir(parents=True, mode=0o700)
+    if state.party.recipient is not None:
+        return multiparty.seal_output(state, paths, target)
     shutil.move(str(paths.logs), target / "logs")
     if not any(paths.output.iterdir()):
         return None
@@ -239,10 +253,12 @@ def _payload(state: BootState) -> dict[str, Any]:
         "key": {"alg": "ES384", "spki": state.key.spki},
         "nonce": state.nonce,
         "evidence": [e.to_cbor_obj() for e in state.evidence],
-        "policy": {"digest": policy.digest, "document": policy.raw}
-        if policy
-        else {"digest": "", "document": b""},
-        "inputs": [_input_entry(m, policy) for m in state.measurements],
+        "policy": {
+            "digest": policy.digest if policy else "",
+            "document": policy.raw if policy else b"",
+            **multiparty.policy_record(state),
+        },
+        "inputs": multiparty.input_records(state, lambda m: _input_entry(m, policy)),
         "events": state.events,
         "decision": {"verdict": verdict, "reasons": list(state.reasons)},
         "workload": None

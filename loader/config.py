@@ -27,6 +27,26 @@ class RunSettings:
 
 
 @dataclass(frozen=True)
+class SigningSettings:
+    """[policy] signers/required/signatures: who must have signed the approved list."""
+
+    signers: tuple[tuple[str, Path], ...]
+    required: tuple[str, ...]
+    signatures: tuple[Path, ...]
+
+
+@dataclass(frozen=True)
+class GrantSettings:
+    """[grants]: encrypted datasets, and where the loader publishes its certificate and waits."""
+
+    dir: Path
+    cert_out: Path
+    timeout: float
+    datasets: tuple[str, ...]
+    poll: float = 0.2
+
+
+@dataclass(frozen=True)
 class LoaderConfig:
     path: Path
     tee: str
@@ -39,6 +59,9 @@ class LoaderConfig:
     output_dir: Path
     run: RunSettings
     ca_url: str | None
+    signing: SigningSettings | None = None
+    grants: GrantSettings | None = None
+    output_recipient: Path | None = None
 
 
 class _Section:
@@ -125,8 +148,13 @@ def _parse(data: dict[str, Any], source: Path, ca_url: str | None) -> LoaderConf
         raise top.error("job_id", f"expected 1-64 of [A-Za-z0-9._-], found {job_id!r}")
     policy = top.table("policy", required=True)
     policy_path = policy.path("path", base)
+    signing = _signing(policy, base)
     policy.finish()
     inputs = _inputs(top.table("inputs", required=True), base)
+    grants = _grants(top.table("grants"), base, inputs)
+    output = top.table("output")
+    recipient = output.path("recipient", base) if "recipient" in output.data else None
+    output.finish()
     run = _run(top.table("run", required=True))
     attestation = top.table("attestation")
     tee_root = attestation.path("root", base, "/")
@@ -146,6 +174,9 @@ def _parse(data: dict[str, Any], source: Path, ca_url: str | None) -> LoaderConf
         output_dir=top.path("output_dir", base, "output"),
         run=run,
         ca_url=url,
+        signing=signing,
+        grants=grants,
+        output_recipient=recipient,
     )
     top.finish()
     return cfg
@@ -178,3 +209,61 @@ def _run(section: _Section) -> RunSettings:
             raise section.error(f"env.{key}", f"expected a string, found {value!r}")
     section.finish()
     return RunSettings(tuple(command), float(timeout), tuple(sorted(env.items())))
+
+
+def _paths(section: _Section, key: str, base: Path) -> tuple[Path, ...]:
+    values = section.get(key, list, [])
+    if not all(isinstance(v, str) and v for v in values):
+        raise section.error(key, "expected a list of paths")
+    return tuple((base / v).resolve() if not Path(v).is_absolute() else Path(v) for v in values)
+
+
+def _signing(policy: _Section, base: Path) -> SigningSettings | None:
+    signers_table = policy.table("signers")
+    signers = []
+    for name in sorted(signers_table.data):
+        if not valid_name(name):
+            raise signers_table.error(name, "signer names are 1-64 of [A-Za-z0-9._-]")
+        signers.append((name, signers_table.path(name, base)))
+    signers_table.finish()
+    required = policy.get("required", list, [])
+    signatures = _paths(policy, "signatures", base)
+    if not signers:
+        if required or signatures:
+            raise policy.error("signers", "missing: required and signatures need [policy.signers]")
+        return None
+    if not required:
+        raise policy.error("required", "name at least one signer whose signature is required")
+    for name in required:
+        if name not in signers_table.data:
+            raise policy.error("required", f"{name!r} is not in [policy.signers]")
+    if len(set(required)) != len(required):
+        raise policy.error("required", "lists a signer twice")
+    return SigningSettings(tuple(signers), tuple(required), signatures)
+
+
+def _grants(section: _Section, base: Path, inputs: tuple[InputSpec, ...]) -> GrantSettings | None:
+    if not section.data:
+        return None
+    datasets = section.get("datasets", list)
+    known = {s.name for s in inputs if s.role == "dataset"}
+    if not datasets or len(set(datasets)) != len(datasets):
+        raise section.error("datasets", "expected a non-empty list of distinct dataset names")
+    for name in datasets:
+        if name not in known:
+            raise section.error("datasets", f"{name!r} is not in [inputs.datasets]")
+    timeout = section.get("timeout", (int, float), 600)
+    if not 0 < timeout <= 86400:
+        raise section.error("timeout", f"expected seconds between 0 and 86400, found {timeout}")
+    poll = section.get("poll", (int, float), 0.2)
+    if not 0.01 <= poll <= 60:
+        raise section.error("poll", f"expected seconds between 0.01 and 60, found {poll}")
+    settings = GrantSettings(
+        dir=section.path("dir", base),
+        cert_out=section.path("cert_out", base),
+        timeout=float(timeout),
+        datasets=tuple(datasets),
+        poll=float(poll),
+    )
+    section.finish()
+    return settings
