@@ -220,6 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev = evidence.add_parser("verify", add_help=False)
     ev.add_argument("--type", required=True, choices=sorted(_EVIDENCE_CLIS))
     ev.set_defaults(func=cmd_evidence_verify, passthrough=True)
+
+    from loader import party_cli
+
+    party_cli.add_parsers(sub)
     return parser
 
 
