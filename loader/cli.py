@@ -71,14 +71,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import tempfile
 
     from loader import demo
-    from loader.boot import boot
-    from loader.config import load_config
     from loader.verify import verify_report
 
     _setup_logging(args.verbose)
     workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="trusted-loader-demo-"))).resolve()
     config_path = demo.build(workdir, args.ca_url)
-    outcome = boot(load_config(config_path, ca_url=args.ca_url), report_out=workdir / "report.cbor")
+    outcome = demo.run(config_path, workdir, args.ca_url)
     check = verify_report(outcome.report, allow_mock=True)
     sys.stdout.write(demo.summary(workdir, outcome, check))
     if not check.ok:
