@@ -104,4 +104,6 @@ def _verify_evidence(bundle: dict, spki: bytes, what: str, at: dt.datetime, trus
             results.append(res)
     except AttestationError as exc:
         raise TrustError(f"{what}: evidence: {exc}") from None
+    except ImportError as exc:
+        raise TrustError(f"{what}: evidence: no verifier available for it ({exc})") from None
     return results
