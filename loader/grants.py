@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import cbor2
-from cryptography.exceptions import InvalidTag
+from cryptography.exceptions import InvalidTag, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -311,7 +311,7 @@ def unwrap_grant(
     cvm = hashlib.sha256(_spki(cvm_private.public_key())).digest()
     try:
         peer = serialization.load_der_public_key(grant.epk)
-    except ValueError as exc:
+    except (ValueError, UnsupportedAlgorithm) as exc:
         raise TrustError(f"{what}: epk is not a public key ({exc})") from None
     if not isinstance(peer, ec.EllipticCurvePublicKey) or not isinstance(peer.curve, ec.SECP384R1):
         raise TrustError(f"{what}: epk must be a P-384 public key")

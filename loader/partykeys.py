@@ -12,6 +12,7 @@ import hashlib
 import os
 from pathlib import Path
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, x25519
 
@@ -84,7 +85,7 @@ def load_private(path: Path, what: str = "private key") -> PrivateKey:
     data = _read(path, what)
     try:
         key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise PartyKeyError(f"{path}: {what}: not an unencrypted PEM private key ({exc})") from exc
     _check_supported(key, path, what)
     return key  # type: ignore[return-value]
@@ -103,7 +104,7 @@ def load_public(path: Path, what: str = "public key") -> PublicKey:
             key = x509.load_pem_x509_certificate(data).public_key()
         else:
             key = serialization.load_pem_public_key(data)
-    except ValueError as exc:
+    except (ValueError, UnsupportedAlgorithm) as exc:
         raise PartyKeyError(f"{path}: {what}: not a PEM public key ({exc})") from exc
     _check_supported(key, path, what)
     return key  # type: ignore[return-value]
@@ -112,7 +113,7 @@ def load_public(path: Path, what: str = "public key") -> PublicKey:
 def public_from_der(der: bytes, what: str) -> PublicKey:
     try:
         key = serialization.load_der_public_key(der)
-    except ValueError as exc:
+    except (ValueError, UnsupportedAlgorithm) as exc:
         raise PartyKeyError(f"{what}: not a DER SubjectPublicKeyInfo ({exc})") from exc
     _check_supported(key, Path(what), "key")
     return key  # type: ignore[return-value]
