@@ -55,14 +55,21 @@ def attester_for(tee: str, *, root: Path = Path("/"), **options: object) -> Atte
     spec = _ATTESTERS.get(tee)
     if spec is None:
         raise AttesterUnavailable(f"tee: unknown TEE {tee!r}; expected one of {', '.join(_ATTESTERS)}")
-    return _load(spec)(root=root, **options)  # type: ignore[no-any-return]
+    try:
+        factory = _load(spec)
+    except ImportError as exc:
+        raise AttesterUnavailable(f"tee: the {tee} backend is not installed ({exc})") from exc
+    return factory(root=root, **options)  # type: ignore[no-any-return]
 
 
 def verifier_for(evidence_type: str) -> Verifier:
     spec = _VERIFIERS.get(evidence_type)
     if spec is None:
         raise AttestationError(f"evidence type {evidence_type!r} has no verifier")
-    return _load(spec)()  # type: ignore[no-any-return]
+    try:
+        return _load(spec)()  # type: ignore[no-any-return]
+    except ImportError as exc:
+        raise AttestationError(f"evidence type {evidence_type!r}: verifier not installed ({exc})") from exc
 
 
 def detect(root: Path = Path("/")) -> str | None:

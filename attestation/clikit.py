@@ -70,12 +70,13 @@ def run_guarded(body: Callable[[], int], *, as_json: bool = False) -> int:
     try:
         return body()
     except UsageError as exc:
-        return _fail(str(exc), EXIT_USAGE, as_json)
+        return fail(str(exc), EXIT_USAGE, as_json)
     except AttestationError as exc:
-        return _fail(str(exc), EXIT_REJECTED, as_json)
+        return fail(str(exc), EXIT_REJECTED, as_json)
 
 
-def _fail(message: str, code: int, as_json: bool) -> int:
+def fail(message: str, code: int, as_json: bool) -> int:
+    """Report a one-line error (also as JSON when asked) and return the exit code."""
     if as_json:
         json.dump({"ok": False, "error": message}, sys.stdout)
         sys.stdout.write("\n")

@@ -23,3 +23,18 @@ class AttesterUnavailable(AttestationError):
 
 class AttesterFailure(AttestationError):
     """The TEE interface is present but producing evidence failed."""
+
+
+class CollateralError(AttestationError):
+    """Vendor collateral (TCB info, identities, CRLs) is malformed or cannot be trusted."""
+
+
+ASN1_PARSE_ERRORS: tuple[type[Exception], ...] = (
+    ValueError,
+    TypeError,
+    KeyError,
+    AttributeError,
+    IndexError,
+    OverflowError,
+)
+"""What asn1crypto's lazy parsing raises on malformed DER (it is not limited to ValueError)."""

@@ -37,7 +37,7 @@ def load_certificates(data: bytes, *, what: str = "certificates") -> list[x509.C
                 certs = x509.load_pem_x509_certificates(data)
             else:
                 certs = [x509.load_der_x509_certificate(data)]
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise CertificateFormatError(f"{what}: not a PEM bundle or DER certificate ({exc})") from exc
     if not certs:
         raise CertificateFormatError(f"{what}: no certificate found")
@@ -96,14 +96,22 @@ def verify_chain(
     if crl_mode != "none":
         for crl in crls:
             store.add_crl(crl)
-        flag = crypto.X509StoreFlags.CRL_CHECK_ALL if crl_mode == "all" else crypto.X509StoreFlags.CRL_CHECK
-        store.set_flags(flag)
-    ctx = crypto.X509StoreContext(store, _to_openssl(leaf), chain=[_to_openssl(c) for c in intermediates])
+        # OpenSSL ignores CRL_CHECK_ALL unless CRL_CHECK is also set: "all" without it checks nothing.
+        flags = crypto.X509StoreFlags.CRL_CHECK
+        if crl_mode == "all":
+            flags |= crypto.X509StoreFlags.CRL_CHECK_ALL
+        store.set_flags(flags)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
+            ctx = crypto.X509StoreContext(
+                store, _to_openssl(leaf), chain=[_to_openssl(c) for c in intermediates]
+            )
             chain = ctx.get_verified_chain()
         except crypto.X509StoreContextError as exc:
             bad = exc.certificate.to_cryptography().subject.rfc4514_string() if exc.certificate else "?"
             raise ChainError(f"{exc.args[0] if exc.args else exc} (certificate {bad})") from exc
+        except crypto.Error as exc:
+            # cryptography parses certificates lazily; OpenSSL may still refuse one (bad UTF8String...).
+            raise ChainError(f"OpenSSL cannot load a certificate of the chain: {exc}") from exc
         return [c.to_cryptography() for c in chain]

@@ -32,6 +32,8 @@ def decode_evidence_extension(cert: x509.Certificate) -> dict[str, Any] | None:
         ext = cert.extensions.get_extension_for_oid(EVIDENCE_OID)
     except x509.ExtensionNotFound:
         return None
+    except (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as exc:
+        raise CertificateFormatError(f"certificate extensions: malformed ({exc})") from exc
     raw = ext.value.value  # type: ignore[attr-defined]
     if len(raw) > MAX_EXTENSION_BYTES:
         raise CertificateFormatError("evidence extension: too large")

@@ -19,7 +19,11 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 
 import loader
-from attestation import AttestationError, Attester, Evidence, attester_for, binding
+from attestation import AttestationError, Attester, Evidence, Trust, attester_for, binding, verifier_for
+from attestation.errors import AttesterUnavailable, VerificationError
+from attestation.nvidia import GPU_EVIDENCE_TYPES
+from attestation.nvidia import gpu_attester as gpu_attester_for
+from attestation.rtmr import event_value
 from certs.selfissue import self_issue
 from loader import multiparty
 from loader.config import LoaderConfig
@@ -27,7 +31,7 @@ from loader.decide import Measured, decide
 from loader.errors import InputError, PolicyError
 from loader.keys import EphemeralKey
 from loader.policy import ApprovedList, load_policy
-from loader.report import event_value, input_event, sign_report, utc_text
+from loader.report import input_event, sign_report, utc_text
 from loader.runner import StagedPaths, WorkloadResult, run_process
 from loader.spool import atomic_write, spool_report
 from loader.stage import Measurement, make_private_dir, stage_input, wipe
@@ -80,50 +84,102 @@ class BootOutcome:
 
 
 def boot(
-    cfg: LoaderConfig, *, report_out: Path | None = None, attester: Attester | None = None
+    cfg: LoaderConfig,
+    *,
+    report_out: Path | None = None,
+    attester: Attester | None = None,
+    gpu_attester: Any = None,
 ) -> BootOutcome:
+    """Run the boot sequence; `attester` and `gpu_attester` replace the configured ones (tests)."""
     run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(4)
     state = BootState(
         cfg=cfg, key=EphemeralKey(), nonce=secrets.token_bytes(binding.NONCE_LEN), run_id=run_id
     )
     state.stamp("started")
     try:
-        _attest(state, attester)
+        _attest(state, attester, gpu_attester)
         _certify(state)
         multiparty.publish_certificate(state)
         _load_policy(state)
-        staging = make_private_dir(cfg.staging_dir / f"{cfg.job_id or 'job'}-{run_id}")
-        try:
-            _measure(state, staging)
-            _extend(state)
-            _decide(state)
-            if not state.reasons and state.cfg.grants is not None:
-                multiparty.unlock(state, staging)
-            if not state.reasons:
-                _run(state, staging)
-        finally:
-            state.wiped = multiparty.wipe_record(state, wipe(staging))
+        _stage_and_run(state)
         report = _sign(state)
     finally:
         state.key.discard()
     return _store(state, report, report_out)
 
 
+def _stage_and_run(state: BootState) -> None:
+    cfg = state.cfg
+    try:
+        staging = make_private_dir(cfg.staging_dir / f"{cfg.job_id or 'job'}-{state.run_id}")
+    except InputError as exc:
+        state.reasons.append(f"staging: {exc}")
+        log.error("%s", exc)
+        state.stamp("measured")
+        _decide(state)
+        return
+    try:
+        _measure(state, staging)
+        _extend(state)
+        _decide(state)
+        if not state.reasons and cfg.grants is not None:
+            multiparty.unlock(state, staging)
+        if not state.reasons:
+            _run(state, staging)
+    finally:
+        state.wiped = multiparty.wipe_record(state, wipe(staging))
+
+
 def _step(name: str, start: float) -> None:
     log.info("%s done in %.3f s", name, time.monotonic() - start)
 
 
-def _attest(state: BootState, attester: Attester | None) -> None:
+def _attest(state: BootState, attester: Attester | None, gpu_attester: Any) -> None:
+    """GPU evidence first (nonce = gpu_nonce), then the CPU evidence binding it (DESIGN "Interfaces")."""
     start = time.monotonic()
+    gpus = _collect_gpus(state, gpu_attester)
     try:
         state.attester = attester or attester_for(state.cfg.tee, root=state.cfg.tee_root)
-        report_data = binding.report_data(state.key.spki, state.nonce, [])
+        report_data = binding.report_data(state.key.spki, state.nonce, gpus)
         state.evidence.append(state.attester.collect(report_data))
+        state.evidence.extend(gpus)
     except AttestationError as exc:
         state.attestation_failed = True
         state.reasons.append(f"attestation: {exc}")
         log.error("attestation failed: %s", exc)
     _step("attestation", start)
+
+
+def _collect_gpus(state: BootState, gpu_attester: Any) -> list[Evidence]:
+    """Evidence of every GPU, verified here before the GPUs are released for work.
+
+    Evidence that fails verification is left out of the report (its reason is kept), so the
+    report's evidence stays verifiable and the job aborts.
+    """
+    mode = state.cfg.gpu_mode
+    if gpu_attester is None and mode == "none":
+        return []
+    nonce = binding.gpu_nonce(state.key.spki, state.nonce)
+    try:
+        gpu_attester = gpu_attester or gpu_attester_for(mode)
+        evidence = gpu_attester.collect_all(nonce)
+        if not evidence:
+            raise AttesterUnavailable(f"gpu mode {mode!r}: no GPU in confidential-computing mode was found")
+        trust = Trust(allow_mock=mode == "mock")
+        for i, ev in enumerate(evidence):
+            res = verifier_for(ev.type).verify(
+                ev, expected_report_data=nonce, trust=trust, at=dt.datetime.now(dt.UTC)
+            )
+            if not res.ok:
+                raise VerificationError(f"GPU {i} evidence does not verify: {res.reason()}")
+        gpu_attester.set_ready()
+    except AttestationError as exc:
+        state.attestation_failed = True
+        state.reasons.append(f"attestation: gpu: {exc}")
+        log.error("GPU attestation failed: %s", exc)
+        return []
+    log.info("%d GPU(s) attested", len(evidence))
+    return list(evidence)
 
 
 def _certify(state: BootState) -> None:
@@ -191,7 +247,10 @@ def _extend(state: BootState) -> None:
 def _decide(state: BootState) -> None:
     if state.policy is not None:
         measured = [Measured(m.spec.role, m.spec.name, m.digest.digest) for m in state.measurements]
-        state.reasons += decide(state.policy, measured, state.cfg.tee, pending=multiparty.pending(state))
+        gpus = sum(1 for e in state.evidence if e.type in GPU_EVIDENCE_TYPES)
+        state.reasons += decide(
+            state.policy, measured, state.cfg.tee, gpus=gpus, pending=multiparty.pending(state)
+        )
     state.stamp("decided")
     if state.reasons:
         log.warning("abort: %s", "; ".join(state.reasons))

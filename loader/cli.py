@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from attestation.clikit import fail
 from loader.errors import EXIT_OK, EXIT_REJECTED, EXIT_USAGE, LoaderError
 
 _EVIDENCE_CLIS = {
@@ -75,8 +76,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     _setup_logging(args.verbose)
     workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="trusted-loader-demo-"))).resolve()
-    config_path = demo.build(workdir, args.ca_url)
-    outcome = demo.run(config_path, workdir, args.ca_url)
+    config_path = demo.build(workdir, args.ca_url, parties=args.parties)
+    outcome = demo.run(config_path, workdir, args.ca_url, parties=args.parties)
     check = verify_report(outcome.report, allow_mock=True)
     sys.stdout.write(demo.summary(workdir, outcome, check))
     if not check.ok:
@@ -186,6 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workdir", type=Path)
     demo.add_argument("--ca-url")
     demo.add_argument("--verbose", action="store_true")
+    demo.add_argument(
+        "--parties",
+        action="store_true",
+        help="the three-party scenario: signed list, encrypted datasets, grants, sealed output",
+    )
     demo.set_defaults(func=cmd_demo)
 
     digest = sub.add_parser("digest", help="print sha256:<hex> of a file or directory")
@@ -237,25 +243,17 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         return int(args.func(args))
     except LoaderError as exc:
-        return _fail(str(exc), exc.exit_code, wants_json)
+        return fail(str(exc), exc.exit_code, wants_json)
     except _certs_errors() as exc:
-        return _fail(str(exc), EXIT_USAGE, wants_json)
+        return fail(str(exc), EXIT_USAGE, wants_json)
     except KeyboardInterrupt:
-        return _fail("interrupted", EXIT_USAGE, wants_json)
+        return fail("interrupted", EXIT_USAGE, wants_json)
 
 
 def _certs_errors() -> type[Exception]:
     from certs.errors import CertsError
 
     return CertsError
-
-
-def _fail(message: str, code: int, as_json: bool) -> int:
-    if as_json:
-        json.dump({"ok": False, "error": message}, sys.stdout)
-        sys.stdout.write("\n")
-    print(f"error: {message}", file=sys.stderr)
-    return code
 
 
 if __name__ == "__main__":

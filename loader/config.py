@@ -59,6 +59,7 @@ class LoaderConfig:
     output_dir: Path
     run: RunSettings
     ca_url: str | None
+    gpu_mode: str = "none"
     signing: SigningSettings | None = None
     grants: GrantSettings | None = None
     output_recipient: Path | None = None
@@ -162,6 +163,7 @@ def _parse(data: dict[str, Any], source: Path, ca_url: str | None) -> LoaderConf
     ca = top.table("ca")
     url = ca_url or ca.get("url", str, None)
     ca.finish()
+    gpu_mode = _gpu_mode(top.table("gpu"), tee)
     cfg = LoaderConfig(
         path=source,
         tee=tee,
@@ -174,12 +176,26 @@ def _parse(data: dict[str, Any], source: Path, ca_url: str | None) -> LoaderConf
         output_dir=top.path("output_dir", base, "output"),
         run=run,
         ca_url=url,
+        gpu_mode=gpu_mode,
         signing=signing,
         grants=grants,
         output_recipient=recipient,
     )
     top.finish()
     return cfg
+
+
+def _gpu_mode(section: _Section, tee: str) -> str:
+    """`[gpu] mode`: "none" (default), "nvml" (every CC-mode GPU through NVML) or "mock"."""
+    from attestation.nvidia import GPU_MODES
+
+    mode = section.get("mode", str, "none")
+    if mode not in GPU_MODES:
+        raise section.error("mode", f"expected one of {list(GPU_MODES)}, found {mode!r}")
+    if mode == "mock" and tee != "mock":
+        raise section.error("mode", f"'mock' GPUs are only allowed with tee = 'mock', not {tee!r}")
+    section.finish()
+    return mode
 
 
 def _inputs(section: _Section, base: Path) -> tuple[InputSpec, ...]:

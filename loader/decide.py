@@ -28,13 +28,22 @@ def _label(role: str, name: str) -> str:
 
 
 def decide(
-    policy: ApprovedList, measured: Sequence[Measured], tee: str, *, pending: Sequence[str] = ()
+    policy: ApprovedList,
+    measured: Sequence[Measured],
+    tee: str,
+    *,
+    gpus: int = 0,
+    pending: Sequence[str] = (),
 ) -> list[str]:
-    """Every reason not to run. `pending` names encrypted datasets whose plaintext is not yet
-    measured: they are neither missing nor matching, and the loader decides again once they are."""
+    """Every reason not to run; `gpus` is the number of GPU evidence entries collected.
+
+    `pending` names encrypted datasets whose plaintext is not yet measured: they are neither
+    missing nor matching, and the loader decides again once they are decrypted."""
     reasons: list[str] = []
     if tee not in policy.tee:
         reasons.append(f"tee: {tee!r} is not allowed by the approved list (allowed: {', '.join(policy.tee)})")
+    if policy.flags.get("require_gpu") and gpus == 0:
+        reasons.append("gpu: the approved list requires GPU evidence and none was collected")
     for approved in policy.inputs:
         got = [m for m in measured if policy.find(m.role, m.name) == approved]
         label = _label(approved.role, approved.name)

@@ -1,7 +1,11 @@
-"""The demo: the three-party flow on the mock TEE.
+"""The demo: the boot flow on the mock TEE, plain or as the three-party scenario.
 
-Two data owners (lab, clinic) let an engine author's statistics engine run on their data for an
-order owner; none sees the others' assets. Under the work directory it writes:
+Plain (`trusted-loader demo`): inputs/engine, inputs/config.json, inputs/datasets/<name>/ (one
+CSV dataset per data owner), an unsigned approved.json and loader.toml; output in clear.
+
+Three-party (`trusted-loader demo --parties`): two data owners (lab, clinic) let an engine
+author's statistics engine run on their data for an order owner; none sees the others' assets.
+Under the work directory it writes:
   parties/<party>/        each party's key pair (and a data owner's plaintext data and data key)
   inputs/engine, inputs/config.json        the engine author's engine and its config
   inputs/datasets/<name>.tlenc             the owners' encrypted datasets
@@ -145,25 +149,7 @@ def write_policy(workdir: Path, paths: dict[str, Path]) -> Path:
     return path
 
 
-def write_config(workdir: Path, ca_url: str | None) -> Path:
-    datasets = "\n".join(f'{n} = "inputs/datasets/{n}.tlenc"' for n in DATASETS)
-    signers = "\n".join(f'{p} = "parties/{p}/key.pub.pem"' for p in SIGNERS)
-    signatures = ", ".join(f'"approved.json.{p}.sig"' for p in SIGNERS)
-    required = ", ".join(f'"{p}"' for p in SIGNERS)
-    names = ", ".join(f'"{n}"' for n in DATASETS)
-    ca = f'\n[ca]\nurl = "{ca_url}"\n' if ca_url else ""
-    text = f"""# trusted-loader configuration written by `trusted-loader demo`.
-# Relative paths are relative to this file. The mock TEE is for demos only:
-# its reports verify only with `report verify --allow-mock`.
-tee = "mock"
-job_id = "demo"
-staging_dir = "staging"
-spool_dir = "spool"
-output_dir = "output"
-
-[policy]
-path = "approved.json"
-signatures = [{signatures}]
+_PARTY_SECTIONS = """signatures = [{signatures}]
 required = [{required}]
 
 [policy.signers]
@@ -177,7 +163,35 @@ timeout = 60
 
 [output]
 recipient = "parties/order-owner/key.pub.pem"
+"""
 
+
+def write_config(workdir: Path, ca_url: str | None, *, parties: bool = False) -> Path:
+    suffix = ".tlenc" if parties else ""
+    datasets = "\n".join(f'{n} = "inputs/datasets/{n}{suffix}"' for n in DATASETS)
+    sections = (
+        _PARTY_SECTIONS.format(
+            signatures=", ".join(f'"approved.json.{p}.sig"' for p in SIGNERS),
+            required=", ".join(f'"{p}"' for p in SIGNERS),
+            signers="\n".join(f'{p} = "parties/{p}/key.pub.pem"' for p in SIGNERS),
+            names=", ".join(f'"{n}"' for n in DATASETS),
+        )
+        if parties
+        else ""
+    )
+    ca = f'\n[ca]\nurl = "{ca_url}"\n' if ca_url else ""
+    text = f"""# trusted-loader configuration written by `trusted-loader demo`.
+# Relative paths are relative to this file. The mock TEE is for demos only:
+# its reports verify only with `report verify --allow-mock`.
+tee = "mock"
+job_id = "demo"
+staging_dir = "staging"
+spool_dir = "spool"
+output_dir = "output"
+
+[policy]
+path = "approved.json"
+{sections}
 [inputs]
 engine = "inputs/engine"
 config = "inputs/config.json"
@@ -194,12 +208,20 @@ timeout = 120
     return path
 
 
-def build(workdir: Path, ca_url: str | None = None) -> Path:
-    """Write the demo's inputs, approved list and config; return the config path."""
+def build(workdir: Path, ca_url: str | None = None, *, parties: bool = False) -> Path:
+    """Write the demo's inputs, approved list and config; return the config path.
+
+    parties=False: the two owners' plaintext datasets, an unsigned list, output in clear.
+    parties=True: the three-party scenario (module docstring).
+    """
     prepare_workdir(workdir)
-    paths = write_parties(workdir, write_inputs(workdir))
+    paths = write_inputs(workdir)
+    if not parties:
+        write_policy(workdir, paths)
+        return write_config(workdir, ca_url)
+    paths = write_parties(workdir, paths)
     sign_policy(workdir, write_policy(workdir, paths))
-    return write_config(workdir, ca_url)
+    return write_config(workdir, ca_url, parties=True)
 
 
 def owners_grant(workdir: Path, *, timeout: float = 60.0, engine: str | None = None) -> list[Path]:
@@ -242,13 +264,16 @@ def owners_grant(workdir: Path, *, timeout: float = 60.0, engine: str | None = N
     return written
 
 
-def run(config_path: Path, workdir: Path, ca_url: str | None = None) -> Any:
-    """Boot the loader while the owners' agents answer with grants; open the sealed output."""
+def run(config_path: Path, workdir: Path, ca_url: str | None = None, *, parties: bool = False) -> Any:
+    """Boot the loader; in the three-party scenario the owners' agents answer with grants
+    meanwhile, and the order owner opens the sealed output afterwards."""
     import threading
 
     from loader.boot import boot
     from loader.config import load_config
 
+    if not parties:
+        return boot(load_config(config_path, ca_url=ca_url), report_out=workdir / "report.cbor")
     errors: list[str] = []
 
     def agents() -> None:
@@ -278,12 +303,16 @@ def summary(workdir: Path, outcome: Any, check: Any) -> str:
     """A short human account of the demo run."""
     lines = [f"trusted-loader demo in {workdir}", f"  verdict   {outcome.verdict}"]
     lines += [f"  reason    {r}" for r in outcome.reasons]
+    sealed = outcome.output_dir / "output.sealed" if outcome.output_dir else None
+    parties = (workdir / "parties").is_dir()
     if outcome.workload is not None:
-        sealed = outcome.output_dir / "output.sealed"
-        lines.append(
-            f"  workload  exit {outcome.workload.exit_code}; output sealed to the order owner: {sealed}"
+        where = (
+            f"output sealed to the order owner: {sealed}" if parties else f"output in {outcome.output_dir}"
         )
+        lines.append(f"  workload  exit {outcome.workload.exit_code}; {where}")
         results = workdir / "opened" / "output" / "results.json"
+        if not parties:
+            results = outcome.output_dir / "output" / "results.json"
         if results.is_file():
             pooled = json.loads(results.read_text())["pooled"]
             lines += [
@@ -293,19 +322,20 @@ def summary(workdir: Path, outcome: Any, check: Any) -> str:
     digest = check.report.digest if check.report else "?"
     verdict = "OK (mock TEE explicitly allowed)" if check.ok else "FAILED: " + check.reason()
     report = workdir / "report.cbor"
-    lab = workdir / "parties" / "lab" / "data"
-    owner_key = workdir / "parties" / "order-owner" / "key.pem"
+    lab = workdir / ("parties/lab/data" if parties else "inputs/datasets/lab")
     lines += [
         f"  report    {report} ({digest})",
         f"  verify    {verdict}",
         f"  try       trusted-loader report show {report}",
         f"            trusted-loader replay {report} --input dataset:lab={lab}",
-        f"            trusted-loader output open {sealed_hint(outcome)} --report {report} \\",
-        f"                --key {owner_key} --out DIR",
-        f"            trusted-loader policy verify --config {workdir / 'loader.toml'}",
     ]
+    if parties:
+        owner_key = workdir / "parties" / "order-owner" / "key.pem"
+        lines += [
+            f"            trusted-loader output open {sealed or 'OUTPUT.sealed'} --report {report} \\",
+            f"                --key {owner_key} --out DIR",
+            f"            trusted-loader policy verify --config {workdir / 'loader.toml'}",
+        ]
+    else:
+        lines.append(f"            trusted-loader run --config {workdir / 'loader.toml'}")
     return "\n".join(lines) + "\n"
-
-
-def sealed_hint(outcome: Any) -> str:
-    return str(outcome.output_dir / "output.sealed") if outcome.output_dir else "OUTPUT.sealed"

@@ -26,11 +26,12 @@ from typing import TYPE_CHECKING, Any
 from cryptography.hazmat.primitives import serialization
 
 from attestation import AttestationError
+from attestation.rtmr import event_value
 from loader import grants as grantlib
 from loader.decide import Measured, decide
 from loader.errors import InputError, LoaderError, TrustError
 from loader.partykeys import PublicKey, load_public, spki
-from loader.report import event_value, input_event, parse_utc
+from loader.report import input_event, parse_utc
 from loader.seal import Sealed, seal
 from loader.signing import check_signatures
 from loader.spool import atomic_write
@@ -255,17 +256,19 @@ def policy_record(state: BootState) -> dict[str, Any]:
 
 
 def input_records(state: BootState, entry: Any) -> list[dict[str, Any]]:
-    """Report input entries: plaintext measurements, then encrypted datasets not decrypted."""
-    records = []
+    """Report input entries in the configuration's order; an encrypted dataset not decrypted
+    (the job aborted first) has digest "" and only its ciphertext recorded."""
+    records: dict[tuple[str, str], dict[str, Any]] = {}
     for m in state.measurements:
         record = entry(m)
         record["encrypted"] = _encrypted(state, m.spec.name) if m.spec.role == "dataset" else None
-        records.append(record)
+        records[(m.spec.role, m.spec.name)] = record
     for name in pending(state):
         record = entry(state.party.ciphertexts[name])
         record.update(digest="", kind="", size=0, files=0, encrypted=_encrypted(state, name))
-        records.append(record)
-    return records
+        records[("dataset", name)] = record
+    order = [(s.role, s.name) for s in state.cfg.inputs]
+    return [records[k] for k in sorted(records, key=lambda k: order.index(k) if k in order else len(order))]
 
 
 def _encrypted(state: BootState, name: str) -> dict[str, Any] | None:

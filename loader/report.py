@@ -39,12 +39,6 @@ from loader.errors import ReportError
 
 FORMAT = "trusted-loader/report/v1"
 CONTENT_TYPE = "application/vnd.trusted-loader.report+cbor"
-EVENT_TAG = b"trusted-loader/event/v1\x00"
-
-
-def event_value(event: str) -> bytes:
-    """The 48 bytes extended into the runtime register for one event string."""
-    return hashlib.sha384(EVENT_TAG + event.encode("utf-8")).digest()
 
 
 def input_event(role: str, name: str, digest: str) -> str:
@@ -168,6 +162,6 @@ def parse_report(raw: bytes) -> Report:
     for i, der in enumerate(envelope.x5chain):
         try:
             chain.append(x509.load_der_x509_certificate(der))
-        except ValueError as exc:
+        except (ValueError, x509.InvalidVersion) as exc:
             raise ReportError(f"report: x5chain[{i}]: not a DER certificate ({exc})") from exc
     return Report(raw, envelope, payload, chain)

@@ -14,10 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from attestation import AttestationError, Evidence, Result, Trust, binding, verifier_for
+from attestation.nvidia import GPU_EVIDENCE_TYPES
+from attestation.rtmr import event_value
 from certs.chain import verify_chain
 from certs.errors import CertsError
 from certs.extensions import decode_evidence_extension
@@ -25,10 +28,10 @@ from loader import cose
 from loader.decide import Measured, decide
 from loader.errors import PolicyError, ReportError
 from loader.policy import parse_policy
-from loader.report import Report, event_value, input_event, parse_report, parse_utc
+from loader.report import Report, input_event, parse_report, parse_utc
 from loader.signing import check_signatures
 
-GPU_TYPES = ("nvidia", "mock-gpu")
+GPU_TYPES = GPU_EVIDENCE_TYPES
 
 
 @dataclass
@@ -91,12 +94,13 @@ def check_signer(result: Verification, report: Report) -> bool:
     if not report.chain:
         return result.add("signer", False, "x5chain is empty")
     leaf = report.chain[0]
-    spki = leaf.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    try:
+        public = leaf.public_key()
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        return result.add("signer", False, f"the certificate's public key does not parse ({exc})")
+    spki = public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     if not hmac.compare_digest(spki, report.payload["key"]["spki"]):
         return result.add("signer", False, "the certificate's key is not the key named in the payload")
-    public = leaf.public_key()
     if not isinstance(public, ec.EllipticCurvePublicKey):
         return result.add("signer", False, "the certificate's key is not an EC key")
     ok = cose.verify_sign1(report.envelope, public)
@@ -252,7 +256,8 @@ def _decision(result: Verification, report: Report, signature_reasons: list[str]
     if verdict == "run" and pending:
         result.add("decision", False, f"the report says run, but dataset {pending[0]!r} was never decrypted")
         return
-    derived = decide(policy, measured, payload["tee"], pending=pending) + signature_reasons
+    gpus = sum(1 for e in payload["evidence"] if isinstance(e, dict) and e.get("type") in GPU_TYPES)
+    derived = decide(policy, measured, payload["tee"], gpus=gpus, pending=pending) + signature_reasons
     missing = [r for r in derived if r not in reasons]
     if verdict == "run" and derived:
         result.add("decision", False, f"the report says run, but: {derived[0]}")

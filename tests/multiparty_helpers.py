@@ -58,7 +58,7 @@ def install_probe(monkeypatch: object) -> Probe:
 
 
 def build(workdir: Path, *, timeout: float = 30) -> Path:
-    config = demo.build(workdir)
+    config = demo.build(workdir, parties=True)
     text = config.read_text().replace("timeout = 60\n", f"timeout = {timeout}\npoll = 0.05\n", 1)
     config.write_text(text)
     return config

@@ -9,6 +9,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from attestation import rtmr
 from attestation.errors import AttesterFailure
 from attestation.evidence import Evidence
 from attestation.mock import format as mockfmt
@@ -33,9 +34,9 @@ class MockAttester:
 
     def extend(self, digest: bytes, event: str) -> None:
         """Extend mock RTMR3 as TDX does: RTMR3 = SHA-384(RTMR3 ‖ digest), digest 48 bytes."""
-        if len(digest) != 48:
+        if len(digest) != rtmr.RTMR_LEN:
             raise AttesterFailure(f"mock: extend value must be 48 bytes, got {len(digest)}")
-        self._registers["rtmr3"] = hashlib.sha384(self._registers["rtmr3"] + digest).digest()
+        self._registers["rtmr3"] = rtmr.extend(self._registers["rtmr3"], digest)
 
     def register(self, name: str) -> bytes:
         return self._registers[name]

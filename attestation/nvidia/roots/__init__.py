@@ -1,0 +1,1 @@
+"""Bundled NVIDIA trust anchors (package data): the device identity root and the RIM root."""
