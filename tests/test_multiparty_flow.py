@@ -408,3 +408,12 @@ def test_command_line_three_party_flow(tmp_path):
     assert not (tmp_path / "t").exists()
     verify = _cli("report", "verify", "report.cbor", "--allow-mock", cwd=tmp_path)
     assert verify.returncode == 0, verify.stderr
+
+
+def test_demo_with_parties_runs_and_opens_the_sealed_output(tmp_path):
+    done = _cli("demo", "--parties", "--workdir", str(tmp_path / "d"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "output sealed to the order owner" in done.stdout
+    assert "pooled age: n=400" in done.stdout
+    assert "OK (mock TEE explicitly allowed)" in done.stdout
+    assert (tmp_path / "d" / "opened" / "output" / "results.json").is_file()
