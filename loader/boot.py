@@ -28,7 +28,7 @@ from attestation.nvidia import gpu_attester as gpu_attester_for
 from attestation.rtmr import event_value
 from certs.errors import CertsError
 from certs.selfissue import self_issue
-from loader import enroll
+from loader import enroll, multiparty
 from loader.config import LoaderConfig
 from loader.decide import Measured, decide
 from loader.errors import InputError, PolicyError
@@ -75,6 +75,7 @@ class BootState:
     gpu_attester: Any = None
     gpu_failure: str | None = None
     output_error: str | None = None
+    party: multiparty.PartyState = field(default_factory=multiparty.PartyState)
 
     def stamp(self, name: str) -> None:
         self.times[name] = utc_text(dt.datetime.now(dt.UTC))
@@ -119,6 +120,7 @@ def boot(
             _attest(state, attester, gpu_attester)
         with _step(state, "certificate", "certifying the key"):
             _certify(state)
+            multiparty.publish_certificate(state)
         with _step(state, "policy", "loading the approved list"):
             _load_policy(state)
         _stage_and_run(state)
@@ -149,12 +151,15 @@ def _stage_and_run(state: BootState) -> None:
             _extend(state)
         with _step(state, "decision", "deciding"):
             _decide(state)
+        if not state.reasons and cfg.grants is not None:
+            with _step(state, "unlock", "checking grants and decrypting datasets"):
+                multiparty.unlock(state, staging)
         if not state.reasons:
             with _step(state, "workload", "running workload"):
                 _run(state, staging)
     finally:
         with _step(state, "wipe", "wiping staged inputs"):
-            state.wiped = wipe(staging)
+            state.wiped = multiparty.wipe_record(state, wipe(staging))
 
 
 @contextlib.contextmanager
@@ -284,21 +289,27 @@ def _load_policy(state: BootState) -> None:
     except PolicyError as exc:
         state.reasons.append(f"policy: {exc}")
         log.error("%s", exc)
+    multiparty.check_policy(state)
 
 
 def _measure(state: BootState, staging: Path) -> None:
     start = time.monotonic()
     meter = hashing_meter(state.cfg.inputs)
     total = len(state.cfg.inputs)
+    encrypted = multiparty.encrypted_names(state)
     for index, spec in enumerate(state.cfg.inputs, start=1):
         state.notifier.status(f"measuring {index}/{total} inputs")
+        sealed = spec.role == "dataset" and spec.name in encrypted
         try:
-            m = stage_input(spec, staging / "inputs", meter=meter)
+            m = stage_input(spec, staging / ("sealed" if sealed else "inputs"), meter=meter)
         except InputError as exc:
             state.reasons.append(f"{spec.label}: {exc}")
             log.error("%s", exc)
             continue
-        state.measurements.append(m)
+        if sealed:
+            state.party.ciphertexts[spec.name] = m
+        else:
+            state.measurements.append(m)
         log.info(
             "measured %s: %s (%d bytes, %d files)", spec.label, m.digest.digest, m.digest.size, m.digest.files
         )
@@ -314,6 +325,7 @@ def _extend(state: BootState) -> None:
     if state.policy is not None:
         entries.append(f"policy={state.policy.digest}")
     entries += [input_event(m.spec.role, m.spec.name, m.digest.digest) for m in state.measurements]
+    entries += [multiparty.encrypted_event(n, m.digest.digest) for n, m in state.party.ciphertexts.items()]
     for event in entries:
         value = event_value(event)
         if state.attester is not None:
@@ -330,7 +342,9 @@ def _decide(state: BootState) -> None:
     if state.policy is not None:
         measured = [Measured(m.spec.role, m.spec.name, m.digest.digest) for m in state.measurements]
         gpus = sum(1 for e in state.evidence if e.type in GPU_EVIDENCE_TYPES)
-        state.reasons += decide(state.policy, measured, state.cfg.tee, gpus=gpus)
+        state.reasons += decide(
+            state.policy, measured, state.cfg.tee, gpus=gpus, pending=multiparty.pending(state)
+        )
     state.stamp("decided")
     if state.reasons:
         log.warning("abort: %s", "; ".join(state.reasons))
@@ -372,6 +386,8 @@ def _collect_output(state: BootState, paths: StagedPaths) -> dict[str, Any] | No
 
     target = state.cfg.output_dir / state.run_id
     target.mkdir(parents=True, mode=0o700)
+    if state.party.recipient is not None:
+        return multiparty.seal_output(state, paths, target)
     shutil.move(str(paths.logs), target / "logs")
     if not any(paths.output.iterdir()):
         return None
@@ -381,7 +397,7 @@ def _collect_output(state: BootState, paths: StagedPaths) -> dict[str, Any] | No
         state.output_error = f"output: {exc}"
         return None
     shutil.move(str(paths.output), target / "output")
-    return {"digest": measured.digest, "size": measured.size, "files": measured.files}
+    return {"digest": measured.digest, "size": measured.size, "files": measured.files, "sealed": None}
 
 
 def _payload(state: BootState) -> dict[str, Any]:
@@ -398,10 +414,12 @@ def _payload(state: BootState) -> dict[str, Any]:
         "key": {"alg": "ES384", "spki": state.key.spki},
         "nonce": state.nonce,
         "evidence": [e.to_cbor_obj() for e in state.evidence],
-        "policy": {"digest": policy.digest, "document": policy.raw}
-        if policy
-        else {"digest": "", "document": b""},
-        "inputs": [_input_entry(m, policy) for m in state.measurements],
+        "policy": {
+            "digest": policy.digest if policy else "",
+            "document": policy.raw if policy else b"",
+            **multiparty.policy_record(state),
+        },
+        "inputs": multiparty.input_records(state, lambda m: _input_entry(m, policy)),
         "events": state.events,
         "decision": {"verdict": verdict, "reasons": list(state.reasons)},
         "workload": None

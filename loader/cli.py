@@ -97,21 +97,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import tempfile
 
     from loader import chain_cli, demo
-    from loader.boot import boot
-    from loader.config import load_config
     from loader.verify import verify_report
 
     _setup_logging(args.verbose)
     workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="trusted-loader-demo-"))).resolve()
-    config_path = demo.build(workdir, args.ca_url)
-    cfg = load_config(config_path, ca_url=args.ca_url)
-    outcome = boot(cfg, report_out=workdir / "report.cbor")
+    config_path = demo.build(workdir, args.ca_url, parties=args.parties)
+    outcome = demo.run(config_path, workdir, args.ca_url, parties=args.parties)
     ca = _demo_ca(args.ca_url, outcome.report)
     check = verify_report(outcome.report, ca=ca, allow_mock=True)
     sys.stdout.write(demo.summary(workdir, outcome, check, ca_url=args.ca_url))
     if not check.ok:
         return EXIT_REJECTED
-    return chain_cli.demo_chain(workdir, outcome.report, cfg.spool_dir, outcome.exit_code, args, ca)
+    return chain_cli.demo_chain(
+        workdir, outcome.report, outcome.spool_path.parent, outcome.exit_code, args, ca
+    )
 
 
 def _demo_ca(ca_url: str | None, report: bytes) -> list[Any]:
@@ -234,6 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workdir", type=Path)
     demo.add_argument("--ca-url")
     demo.add_argument("--verbose", action="store_true")
+    demo.add_argument(
+        "--parties",
+        action="store_true",
+        help="the three-party scenario: signed list, encrypted datasets, grants, sealed output",
+    )
     chain_cli.add_publish_options(demo)
     demo.set_defaults(func=cmd_demo)
 
@@ -282,6 +286,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev = evidence.add_parser("verify", add_help=False)
     ev.add_argument("--type", required=True, choices=sorted(_EVIDENCE_CLIS))
     ev.set_defaults(func=cmd_evidence_verify, passthrough=True)
+
+    from loader import party_cli
+
+    party_cli.add_parsers(sub)
     return parser
 
 

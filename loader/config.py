@@ -33,6 +33,26 @@ class RunSettings:
 
 
 @dataclass(frozen=True)
+class SigningSettings:
+    """[policy] signers/required/signatures: who must have signed the approved list."""
+
+    signers: tuple[tuple[str, Path], ...]
+    required: tuple[str, ...]
+    signatures: tuple[Path, ...]
+
+
+@dataclass(frozen=True)
+class GrantSettings:
+    """[grants]: encrypted datasets, and where the loader publishes its certificate and waits."""
+
+    dir: Path
+    cert_out: Path
+    timeout: float
+    datasets: tuple[str, ...]
+    poll: float = 0.2
+
+
+@dataclass(frozen=True)
 class LoaderConfig:
     path: Path
     tee: str
@@ -50,6 +70,9 @@ class LoaderConfig:
     """Pinned CA certificate (PEM): enrollment refuses a chain that does not end there."""
     ca_attempts: int = 5
     publish: PublishSettings = field(default_factory=PublishSettings)
+    signing: SigningSettings | None = None
+    grants: GrantSettings | None = None
+    output_recipient: Path | None = None
 
 
 class _Section:
@@ -156,9 +179,14 @@ def _parse(data: dict[str, Any], source: Path, ca_url: str | None) -> LoaderConf
         raise top.error("job_id", f"expected 1-64 of [A-Za-z0-9._-], found {job_id!r}")
     policy = top.table("policy", required=True)
     policy_path = policy.path("path", base)
+    signing = _signing(policy, base)
     policy.finish()
     run = _run(top.table("run", required=True))
     inputs = _inputs(top.table("inputs", required=True), base, run.oci.platform if run.oci else None)
+    grants = _grants(top.table("grants"), base, inputs)
+    output = top.table("output")
+    recipient = output.optional_path("recipient", base)
+    output.finish()
     attestation = top.table("attestation")
     tee_root = attestation.path("root", base, "/")
     attestation.finish()
@@ -189,6 +217,9 @@ def _parse(data: dict[str, Any], source: Path, ca_url: str | None) -> LoaderConf
         ca_cert=ca_cert,
         ca_attempts=ca_attempts,
         publish=parse_publish(top.table("publish"), base),
+        signing=signing,
+        grants=grants,
+        output_recipient=recipient,
     )
     top.finish()
     return cfg
@@ -256,3 +287,61 @@ def _oci(section: _Section) -> OciSettings:
         return OciSettings(runtime_path, network, platform)
     except RunnerError as exc:
         raise section.error("network", str(exc)) from exc
+
+
+def _paths(section: _Section, key: str, base: Path) -> tuple[Path, ...]:
+    values = section.get(key, list, [])
+    if not all(isinstance(v, str) and v for v in values):
+        raise section.error(key, "expected a list of paths")
+    return tuple((base / v).resolve() if not Path(v).is_absolute() else Path(v) for v in values)
+
+
+def _signing(policy: _Section, base: Path) -> SigningSettings | None:
+    signers_table = policy.table("signers")
+    signers = []
+    for name in sorted(signers_table.data):
+        if not valid_name(name):
+            raise signers_table.error(name, "signer names are 1-64 of [A-Za-z0-9._-]")
+        signers.append((name, signers_table.path(name, base)))
+    signers_table.finish()
+    required = policy.get("required", list, [])
+    signatures = _paths(policy, "signatures", base)
+    if not signers:
+        if required or signatures:
+            raise policy.error("signers", "missing: required and signatures need [policy.signers]")
+        return None
+    if not required:
+        raise policy.error("required", "name at least one signer whose signature is required")
+    for name in required:
+        if name not in signers_table.data:
+            raise policy.error("required", f"{name!r} is not in [policy.signers]")
+    if len(set(required)) != len(required):
+        raise policy.error("required", "lists a signer twice")
+    return SigningSettings(tuple(signers), tuple(required), signatures)
+
+
+def _grants(section: _Section, base: Path, inputs: tuple[InputSpec, ...]) -> GrantSettings | None:
+    if not section.data:
+        return None
+    datasets = section.get("datasets", list)
+    known = {s.name for s in inputs if s.role == "dataset"}
+    if not datasets or len(set(datasets)) != len(datasets):
+        raise section.error("datasets", "expected a non-empty list of distinct dataset names")
+    for name in datasets:
+        if name not in known:
+            raise section.error("datasets", f"{name!r} is not in [inputs.datasets]")
+    timeout = section.get("timeout", (int, float), 600)
+    if not 0 < timeout <= 86400:
+        raise section.error("timeout", f"expected seconds between 0 and 86400, found {timeout}")
+    poll = section.get("poll", (int, float), 0.2)
+    if not 0.01 <= poll <= 60:
+        raise section.error("poll", f"expected seconds between 0.01 and 60, found {poll}")
+    settings = GrantSettings(
+        dir=section.path("dir", base),
+        cert_out=section.path("cert_out", base),
+        timeout=float(timeout),
+        datasets=tuple(datasets),
+        poll=float(poll),
+    )
+    section.finish()
+    return settings

@@ -135,3 +135,49 @@ def verify_sign1(msg: Sign1, public_key: ec.EllipticCurvePublicKey) -> bool:
     except InvalidSignature:
         return False
     return True
+
+
+# Detached-payload COSE_Sign1 (RFC 9052 §2: payload nil, supplied by the verifier) for the
+# parties' signatures over approved lists. Same strictness as decode_sign1; the algorithm
+# and the header set are the caller's to check, since they differ from the report's.
+ALG_EDDSA = -8
+HDR_KID = 4
+HDR_CWT_CLAIMS = 15  # RFC 9597: CWT claims carried in a COSE header
+
+
+def detached_sig_structure(protected_raw: bytes, payload: bytes) -> bytes:
+    return sig_structure(protected_raw, payload)
+
+
+def encode_sign1_detached(protected: dict[int, Any], payload: bytes, sign: Callable[[bytes], bytes]) -> bytes:
+    """A tagged COSE_Sign1 whose payload is nil; `sign` gets the Sig_structure bytes."""
+    protected_raw = cbor2.dumps(protected, canonical=True)
+    signature = sign(sig_structure(protected_raw, payload))
+    return cbor2.dumps(cbor2.CBORTag(TAG_SIGN1, [protected_raw, {}, None, signature]), canonical=True)
+
+
+def decode_sign1_detached(data: bytes, what: str, limit: int = 64 << 10) -> Sign1:
+    """Parse a detached COSE_Sign1; `payload` is returned empty and must be supplied to verify."""
+    if len(data) > limit:
+        raise ReportError(f"{what}: {len(data)} bytes, more than the {limit} allowed")
+    obj = decode_cbor(data, what)
+    if cbor2.dumps(obj, canonical=True) != data:
+        raise ReportError(f"{what}: not in deterministic CBOR encoding (altered or trailing bytes)")
+    if not isinstance(obj, cbor2.CBORTag) or obj.tag != TAG_SIGN1:
+        raise ReportError(f"{what}: expected a COSE_Sign1 (CBOR tag 18)")
+    body = obj.value
+    if not isinstance(body, list | tuple) or len(body) != 4:
+        raise ReportError(f"{what}: COSE_Sign1 must be an array of 4 items")
+    protected_raw, unprotected, payload, signature = body
+    if not isinstance(protected_raw, bytes) or not isinstance(unprotected, Mapping):
+        raise ReportError(f"{what}: COSE_Sign1 headers have the wrong types")
+    if payload is not None:
+        raise ReportError(f"{what}: expected a detached payload (nil), found an attached one")
+    if not isinstance(signature, bytes):
+        raise ReportError(f"{what}: signature must be a byte string")
+    if unprotected:
+        raise ReportError(f"{what}: unexpected unprotected header parameters")
+    protected = decode_cbor(protected_raw, f"{what} protected header")
+    if not isinstance(protected, dict):
+        raise ReportError(f"{what}: protected header must be a map")
+    return Sign1(protected_raw, protected, unprotected, b"", signature)

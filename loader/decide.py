@@ -27,8 +27,18 @@ def _label(role: str, name: str) -> str:
     return role if role != "dataset" else f"dataset {name!r}"
 
 
-def decide(policy: ApprovedList, measured: Sequence[Measured], tee: str, *, gpus: int = 0) -> list[str]:
-    """Every reason not to run; `gpus` is the number of GPU evidence entries collected."""
+def decide(
+    policy: ApprovedList,
+    measured: Sequence[Measured],
+    tee: str,
+    *,
+    gpus: int = 0,
+    pending: Sequence[str] = (),
+) -> list[str]:
+    """Every reason not to run; `gpus` is the number of GPU evidence entries collected.
+
+    `pending` names encrypted datasets whose plaintext is not yet measured: they are neither
+    missing nor matching, and the loader decides again once they are decrypted."""
     reasons: list[str] = []
     if tee not in policy.tee:
         reasons.append(f"tee: {tee!r} is not allowed by the approved list (allowed: {', '.join(policy.tee)})")
@@ -37,6 +47,8 @@ def decide(policy: ApprovedList, measured: Sequence[Measured], tee: str, *, gpus
     for approved in policy.inputs:
         got = [m for m in measured if policy.find(m.role, m.name) == approved]
         label = _label(approved.role, approved.name)
+        if not got and approved.role == "dataset" and approved.name in pending:
+            continue
         if not got:
             reasons.append(f"{label}: approved but not provided")
         elif got[0].digest != approved.digest:
@@ -44,4 +56,7 @@ def decide(policy: ApprovedList, measured: Sequence[Measured], tee: str, *, gpus
     for m in measured:
         if policy.find(m.role, m.name) is None:
             reasons.append(f"{m.label}: not in the approved list")
+    for name in pending:
+        if policy.find("dataset", name) is None:
+            reasons.append(f"{_label('dataset', name)}: not in the approved list")
     return reasons

@@ -1,8 +1,21 @@
-"""The demo: the whole boot flow on the mock TEE with sample inputs from two data owners.
+"""The demo: the boot flow on the mock TEE, plain or as the three-party scenario.
 
-It writes, under the work directory: inputs/engine (the statistics engine), inputs/config.json,
-inputs/datasets/<name>/ (one CSV dataset per party), approved.json, loader.toml, then runs the
-boot flow, verifies its own report (allowing the mock TEE, which it names) and prints a summary.
+Plain (`trusted-loader demo`): inputs/engine, inputs/config.json, inputs/datasets/<name>/ (one
+CSV dataset per data owner), an unsigned approved.json and loader.toml; output in clear.
+
+Three-party (`trusted-loader demo --parties`): two data owners (lab, clinic) let an engine
+author's statistics engine run on their data for an order owner; none sees the others' assets.
+Under the work directory it writes:
+  parties/<party>/        each party's key pair (and a data owner's plaintext data and data key)
+  inputs/engine, inputs/config.json        the engine author's engine and its config
+  inputs/datasets/<name>.tlenc             the owners' encrypted datasets
+  approved.json, approved.json.<party>.sig the approved list (plaintext digests) and the
+                                           detached signatures of lab, clinic and engine-author
+  loader.toml                              signers, required signers, grants, sealed output
+Then it boots the loader, which publishes its attested certificate (cvm-cert.pem) and waits for
+grants; the owners' agents (`owners_grant`) verify that certificate's mock evidence and wrap
+their data keys to it; the loader decrypts inside staging, runs the engine, seals the output to
+the order owner, and the demo opens it with the order owner's key (opened/).
 """
 
 from __future__ import annotations
@@ -16,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from loader.digest import digest_path
-from loader.errors import InputError
+from loader.errors import InputError, LoaderError
 
 MARKER = ".trusted-loader-demo"
 DATASETS = {
@@ -34,7 +47,7 @@ def prepare_workdir(workdir: Path) -> None:
             raise InputError(
                 f"{workdir}: --workdir is not empty and holds no previous demo; pick an empty one"
             )
-        for name in ("inputs", "staging"):
+        for name in ("inputs", "staging", "parties", "grants", "opened"):
             shutil.rmtree(workdir / name, ignore_errors=True)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / MARKER).write_text("created by `trusted-loader demo`\n")
@@ -77,10 +90,54 @@ def write_inputs(workdir: Path) -> dict[str, Path]:
     return paths
 
 
+SIGNERS = ("lab", "clinic", "engine-author")
+ORDER = "demo-order-1"
+
+
+def write_parties(workdir: Path, paths: dict[str, Path]) -> dict[str, Path]:
+    """Keys for every party; each owner's dataset moved to its own folder and encrypted."""
+    from loader import partykeys
+    from loader.grants import encrypt_dataset, write_key_file
+
+    for party, kind in (
+        ("lab", "p384"),
+        ("clinic", "ed25519"),
+        ("engine-author", "p384"),
+        ("order-owner", "x25519"),
+    ):
+        folder = workdir / "parties" / party
+        folder.mkdir(parents=True, mode=0o700)
+        key = partykeys.generate(kind)
+        partykeys.write_private(key, folder / "key.pem")
+        partykeys.write_public(key.public_key(), folder / "key.pub.pem")
+    for name in DATASETS:
+        plain = workdir / "parties" / name / "data"
+        shutil.move(str(paths[f"dataset:{name}"]), plain)
+        encrypted = workdir / "inputs" / "datasets" / f"{name}.tlenc"
+        key, _ = encrypt_dataset(plain, name, encrypted)
+        write_key_file(key, workdir / "parties" / name / "dataset.key")
+        paths[f"dataset:{name}"] = plain
+        paths[f"encrypted:{name}"] = encrypted
+    return paths
+
+
+def sign_policy(workdir: Path, policy: Path) -> None:
+    import datetime as dt
+
+    from loader.partykeys import load_private
+    from loader.signing import sign_policy as sign
+
+    now = dt.datetime.now(dt.UTC)
+    for party in SIGNERS:
+        key = load_private(workdir / "parties" / party / "key.pem")
+        envelope = sign(policy.read_bytes(), key, issued=now, expires=now + dt.timedelta(days=30))
+        (workdir / f"approved.json.{party}.sig").write_bytes(envelope)
+
+
 def write_policy(workdir: Path, paths: dict[str, Path]) -> Path:
     policy = {
         "version": 1,
-        "order": "demo-order-1",
+        "order": ORDER,
         "engine": {"name": "stats-engine", "digest": digest_path(paths["engine"]).digest},
         "datasets": [{"name": n, "digest": digest_path(paths[f"dataset:{n}"]).digest} for n in DATASETS],
         "config": {"name": "stats-config", "digest": digest_path(paths["config"]).digest},
@@ -92,8 +149,36 @@ def write_policy(workdir: Path, paths: dict[str, Path]) -> Path:
     return path
 
 
-def write_config(workdir: Path, ca_url: str | None) -> Path:
-    datasets = "\n".join(f'{n} = "inputs/datasets/{n}"' for n in DATASETS)
+_PARTY_SECTIONS = """signatures = [{signatures}]
+required = [{required}]
+
+[policy.signers]
+{signers}
+
+[grants]
+dir = "grants"
+cert_out = "cvm-cert.pem"
+datasets = [{names}]
+timeout = 60
+
+[output]
+recipient = "parties/order-owner/key.pub.pem"
+"""
+
+
+def write_config(workdir: Path, ca_url: str | None, *, parties: bool = False) -> Path:
+    suffix = ".tlenc" if parties else ""
+    datasets = "\n".join(f'{n} = "inputs/datasets/{n}{suffix}"' for n in DATASETS)
+    sections = (
+        _PARTY_SECTIONS.format(
+            signatures=", ".join(f'"approved.json.{p}.sig"' for p in SIGNERS),
+            required=", ".join(f'"{p}"' for p in SIGNERS),
+            signers="\n".join(f'{p} = "parties/{p}/key.pub.pem"' for p in SIGNERS),
+            names=", ".join(f'"{n}"' for n in DATASETS),
+        )
+        if parties
+        else ""
+    )
     ca = f'\n[ca]\nurl = "{ca_url}"\n' if ca_url else ""
     text = f"""# trusted-loader configuration written by `trusted-loader demo`.
 # Relative paths are relative to this file. The mock TEE is for demos only:
@@ -106,7 +191,7 @@ output_dir = "output"
 
 [policy]
 path = "approved.json"
-
+{sections}
 [inputs]
 engine = "inputs/engine"
 config = "inputs/config.json"
@@ -123,12 +208,95 @@ timeout = 120
     return path
 
 
-def build(workdir: Path, ca_url: str | None = None) -> Path:
-    """Write the demo's inputs, approved list and config; return the config path."""
+def build(workdir: Path, ca_url: str | None = None, *, parties: bool = False) -> Path:
+    """Write the demo's inputs, approved list and config; return the config path.
+
+    parties=False: the two owners' plaintext datasets, an unsigned list, output in clear.
+    parties=True: the three-party scenario (module docstring).
+    """
     prepare_workdir(workdir)
     paths = write_inputs(workdir)
-    write_policy(workdir, paths)
-    return write_config(workdir, ca_url)
+    if not parties:
+        write_policy(workdir, paths)
+        return write_config(workdir, ca_url)
+    paths = write_parties(workdir, paths)
+    sign_policy(workdir, write_policy(workdir, paths))
+    return write_config(workdir, ca_url, parties=True)
+
+
+def owners_grant(workdir: Path, *, timeout: float = 60.0, engine: str | None = None) -> list[Path]:
+    """The data owners' side: wait for the CVM's certificate, verify it, write one grant each.
+
+    `engine` overrides the engine digest the owners consent to (tests use it for a mismatch).
+    """
+    import datetime as dt
+    import time
+
+    from loader.cvmcert import load_chain, verify_cvm_certificate
+    from loader.grants import create_grant, load_key_file
+    from loader.policy import load_policy
+    from loader.spool import atomic_write
+
+    cert = workdir / "cvm-cert.pem"
+    deadline = time.monotonic() + timeout
+    while not cert.exists():
+        if time.monotonic() > deadline:
+            raise InputError(f"{cert}: the loader did not publish its certificate within {timeout:g} s")
+        time.sleep(0.05)
+    policy = load_policy(workdir / "approved.json")
+    approved = policy.find("engine", "engine")
+    assert approved is not None
+    identity = verify_cvm_certificate(
+        load_chain(cert.read_bytes(), str(cert)),
+        what=str(cert),
+        at=dt.datetime.now(dt.UTC),
+        allow_mock=True,
+        allowed_tee=policy.tee,
+    )
+    written = []
+    for name in DATASETS:
+        key = load_key_file(workdir / "parties" / name / "dataset.key")
+        grant = create_grant(key, identity.public_key, engine=engine or approved.digest, order=policy.order)
+        path = workdir / "grants" / f"{name}.grant"
+        path.parent.mkdir(exist_ok=True)
+        atomic_write(path, grant)
+        written.append(path)
+    return written
+
+
+def run(config_path: Path, workdir: Path, ca_url: str | None = None, *, parties: bool = False) -> Any:
+    """Boot the loader; in the three-party scenario the owners' agents answer with grants
+    meanwhile, and the order owner opens the sealed output afterwards."""
+    import threading
+
+    from loader.boot import boot
+    from loader.config import load_config
+
+    if not parties:
+        return boot(load_config(config_path, ca_url=ca_url), report_out=workdir / "report.cbor")
+    errors: list[str] = []
+
+    def agents() -> None:
+        try:
+            owners_grant(workdir)
+        except LoaderError as exc:
+            errors.append(str(exc))
+
+    thread = threading.Thread(target=agents, name="data-owners", daemon=True)
+    thread.start()
+    outcome = boot(load_config(config_path, ca_url=ca_url), report_out=workdir / "report.cbor")
+    thread.join(timeout=5)
+    for error in errors:
+        print(f"data owners: {error}", file=sys.stderr)
+    if outcome.verdict == "run" and outcome.output_dir is not None:
+        from loader.partykeys import load_private
+        from loader.seal import open_sealed
+
+        sealed = outcome.output_dir / "output.sealed"
+        if sealed.exists():
+            key = load_private(workdir / "parties" / "order-owner" / "key.pem")
+            open_sealed(sealed, key, workdir / "opened")
+    return outcome
 
 
 def _ca_issued(check: Any) -> bool:
@@ -139,9 +307,16 @@ def summary(workdir: Path, outcome: Any, check: Any, ca_url: str | None = None) 
     """A short human account of the demo run."""
     lines = [f"trusted-loader demo in {workdir}", f"  verdict   {outcome.verdict}"]
     lines += [f"  reason    {r}" for r in outcome.reasons]
+    sealed = outcome.output_dir / "output.sealed" if outcome.output_dir else None
+    parties = (workdir / "parties").is_dir()
     if outcome.workload is not None:
-        lines.append(f"  workload  exit {outcome.workload.exit_code}; output in {outcome.output_dir}")
-        results = outcome.output_dir / "output" / "results.json"
+        where = (
+            f"output sealed to the order owner: {sealed}" if parties else f"output in {outcome.output_dir}"
+        )
+        lines.append(f"  workload  exit {outcome.workload.exit_code}; {where}")
+        results = workdir / "opened" / "output" / "results.json"
+        if not parties:
+            results = outcome.output_dir / "output" / "results.json"
         if results.is_file():
             pooled = json.loads(results.read_text())["pooled"]
             lines += [
@@ -151,20 +326,28 @@ def summary(workdir: Path, outcome: Any, check: Any, ca_url: str | None = None) 
     digest = check.report.digest if check.report else "?"
     verdict = "OK (mock TEE explicitly allowed)" if check.ok else "FAILED: " + check.reason()
     report = workdir / "report.cbor"
-    lab = workdir / "inputs" / "datasets" / "lab"
+    lab = workdir / ("parties/lab/data" if parties else "inputs/datasets/lab")
+    lines += [f"  report    {report} ({digest})", f"  verify    {verdict}"]
+    if ca_url:
+        issued = _ca_issued(check)
+        lines.append(
+            f"  ca        enrolled at {ca_url}"
+            if issued
+            else f"  ca        no certificate from {ca_url}; the abort report is self-issued"
+        )
     lines += [
-        f"  report    {report} ({digest})",
-        f"  verify    {verdict}",
         f"  try       trusted-loader report show {report}",
         f"            trusted-loader replay {report} --allow-mock --input dataset:lab={lab}",
-        f"            trusted-loader run --config {workdir / 'loader.toml'}",
     ]
+    if parties:
+        owner_key = workdir / "parties" / "order-owner" / "key.pem"
+        lines += [
+            f"            trusted-loader output open {sealed or 'OUTPUT.sealed'} --report {report} \\",
+            f"                --key {owner_key} --out DIR",
+            f"            trusted-loader policy verify --config {workdir / 'loader.toml'}",
+        ]
+    else:
+        lines.append(f"            trusted-loader run --config {workdir / 'loader.toml'}")
     if ca_url:
-        lines.insert(
-            -3,
-            f"  ca        enrolled at {ca_url}"
-            if _ca_issued(check)
-            else f"  ca        no certificate from {ca_url}; the abort report is self-issued",
-        )
         lines.append(f"            trusted-loader report verify {report} --ca <CA dir>/ca.pem --allow-mock")
     return "\n".join(lines) + "\n"

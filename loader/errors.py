@@ -35,3 +35,9 @@ class RunnerError(LoaderError):
 
 class PublishError(LoaderError):
     """A report could not be stored or delivered."""
+
+
+class TrustError(LoaderError):
+    """A party's signature, a data-access grant or a sealed file does not verify or open."""
+
+    exit_code = EXIT_REJECTED

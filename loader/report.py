@@ -8,13 +8,18 @@ Payload fields (all keys text, no floats, times as RFC 3339 UTC strings):
   key        {alg: "ES384", spki: bstr}          the signer; equals the x5chain leaf's key
   nonce      bstr(32)                            freshness, bound into report_data
   evidence   [{type, data, aux}]                 CPU evidence first, then GPUs
-  policy     {digest, document: bstr}            the approved list, byte for byte
-  inputs     [{role, name, kind, digest, size, files, expected, ms}]
+  policy     {digest, document: bstr,            the approved list, byte for byte
+              signatures: [{file, cose: bstr}],  the parties' detached COSE_Sign1 envelopes as read
+              signers: [{name, key: bstr (SPKI DER), required: bool}]}  the configured trusted signers
+  inputs     [{role, name, kind, digest, size, files, expected, ms, encrypted}]
+             encrypted: null | {digest, size, grant} for a dataset that arrived encrypted: the
+             ciphertext's digest and size and the grant file's digest; `digest` is then the
+             plaintext's, or "" when the job aborted before it was decrypted
   events     [{register, event, value: bstr(48)}]  runtime-register extensions, in order
   decision   {verdict: "run"|"abort", reasons: [text]}
   workload   null | {exit_code, timed_out, ms, error, output}
   hashing    {bytes, ms, rate}                   rate in bytes per second
-  wipe       null | {files, overwritten}
+  wipe       null | {files, overwritten, decrypted}   decrypted: datasets decrypted in staging
   timestamps {started, measured, decided, finished}
 """
 
@@ -62,7 +67,7 @@ _SCHEMA: dict[str, Any] = {
     "key": {"alg": _TEXT, "spki": _BYTES},
     "nonce": _BYTES,
     "evidence": _LIST,
-    "policy": {"digest": _TEXT, "document": _BYTES},
+    "policy": {"digest": _TEXT, "document": _BYTES, "signatures": _LIST, "signers": _LIST},
     "inputs": _LIST,
     "events": _LIST,
     "decision": {"verdict": _TEXT, "reasons": _LIST},
@@ -73,11 +78,19 @@ _SCHEMA: dict[str, Any] = {
             "timed_out": _BOOL,
             "ms": _INT,
             "error": (type(None), _TEXT),
-            "output": (type(None), {"digest": _TEXT, "size": _INT, "files": _INT}),
+            "output": (
+                type(None),
+                {
+                    "digest": _TEXT,
+                    "size": _INT,
+                    "files": _INT,
+                    "sealed": (type(None), {"file": _TEXT, "recipient": _TEXT}),
+                },
+            ),
         },
     ),
     "hashing": {"bytes": _INT, "ms": _INT, "rate": _INT},
-    "wipe": (type(None), {"files": _INT, "overwritten": _INT}),
+    "wipe": (type(None), {"files": _INT, "overwritten": _INT, "decrypted": _INT}),
     "timestamps": {"started": _TEXT, "measured": _TEXT, "decided": _TEXT, "finished": _TEXT},
 }
 _INPUT = {
@@ -89,7 +102,11 @@ _INPUT = {
     "files": _INT,
     "expected": (type(None), _TEXT),
     "ms": _INT,
+    "encrypted": (type(None), _MAP),
 }
+_ENCRYPTED = {"digest": _TEXT, "size": _INT, "grant": _TEXT}
+_SIGNATURE = {"file": _TEXT, "cose": _BYTES}
+_SIGNER = {"name": _TEXT, "key": _BYTES, "required": _BOOL}
 _EVENT = {"register": _TEXT, "event": _TEXT, "value": _BYTES}
 
 
@@ -129,6 +146,12 @@ def check_payload(payload: object) -> dict[str, Any]:
         raise ReportError(f"report payload: format: expected {FORMAT!r}, found {payload['format']!r}")
     for i, item in enumerate(payload["inputs"]):
         _check_map(item, _INPUT, f"inputs[{i}]")
+        if item["encrypted"] is not None:
+            _check_map(item["encrypted"], _ENCRYPTED, f"inputs[{i}].encrypted")
+    for i, item in enumerate(payload["policy"]["signatures"]):
+        _check_map(item, _SIGNATURE, f"policy.signatures[{i}]")
+    for i, item in enumerate(payload["policy"]["signers"]):
+        _check_map(item, _SIGNER, f"policy.signers[{i}]")
     for i, item in enumerate(payload["events"]):
         _check_map(item, _EVENT, f"events[{i}]")
     if payload["decision"]["verdict"] not in ("run", "abort"):

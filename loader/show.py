@@ -106,9 +106,18 @@ def _about(report: Report) -> Section:
                 f"{p['tee']}; evidence: {', '.join(_evidence_type(e) for e in p['evidence']) or 'none'}",
             ),
             Row("policy", p["policy"]["digest"] or "(not loaded)"),
+            *_signers(p["policy"]),
             Row("signed", f"{p['timestamps']['finished']} by {signer}"),
         ),
     )
+
+
+def _signers(policy: dict[str, Any]) -> list[Row]:
+    signers = policy.get("signers") or []
+    if not signers:
+        return []
+    required = ", ".join(str(s["name"]) for s in signers if s["required"])
+    return [Row("signers", f"{len(policy['signatures'])} signature(s); required: {required}")]
 
 
 def _verification(verification: Any) -> Section:
@@ -151,8 +160,12 @@ def _inputs(report: Report) -> Section:
     for i in report.payload["inputs"]:
         label = i["role"] if i["role"] != "dataset" else f"dataset {i['name']}"
         state, tone = _approval(i)
+        if i.get("encrypted") and not i["digest"]:
+            state, tone = "encrypted, not decrypted", "warn"
         detail = f"{i['kind']}, {size_text(i['size'])}, {i['files']} file(s), {i['ms']} ms, {state}"
-        rows.append(Row(label, f"{i['digest']}  {detail}", tone))
+        rows.append(Row(label, f"{i['digest'] or '-'}  {detail}", tone))
+        if i.get("encrypted"):
+            rows.append(Row("ciphertext", str(i["encrypted"]["digest"])))
     return Section("Inputs", tuple(rows) or (Row("inputs", "none measured", "bad"),))
 
 
@@ -171,7 +184,9 @@ def _workload(report: Report) -> Section:
         rows.append(Row("error", str(error), "bad"))
     out = wl.get("output")
     if isinstance(out, dict):
-        rows.append(Row("output", f"{out.get('digest')} ({out.get('files')} files, {out.get('size')} B)"))
+        sealed = out.get("sealed")
+        to = f", sealed to {sealed.get('recipient')}" if isinstance(sealed, dict) else ""
+        rows.append(Row("output", f"{out.get('digest')} ({out.get('files')} files, {out.get('size')} B{to})"))
     return Section("Workload", tuple(rows))
 
 

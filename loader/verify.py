@@ -29,6 +29,7 @@ from loader.decide import Measured, decide
 from loader.errors import PolicyError, ReportError
 from loader.policy import parse_policy
 from loader.report import Report, input_event, parse_report, parse_utc
+from loader.signing import check_signatures
 
 GPU_TYPES = GPU_EVIDENCE_TYPES
 _Ext = TypeVar("_Ext", bound=x509.ExtensionType)
@@ -86,7 +87,8 @@ def verify_report(
         return result
     _chain(result, report, ca)
     _evidence(result, report, trust, when)
-    _decision(result, report)
+    signature_reasons = _signatures(result, report)
+    _decision(result, report, signature_reasons)
     _events(result, report)
     _timestamps(result, report)
     return result
@@ -244,7 +246,40 @@ def _debug_flag(result: Verification, report: Report, res: Result, index: int) -
         )
 
 
-def _decision(result: Verification, report: Report) -> None:
+def _signatures(result: Verification, report: Report) -> list[str]:
+    """Re-judge the embedded signature envelopes with the embedded signer keys."""
+    from loader.errors import LoaderError
+    from loader.partykeys import public_from_der
+
+    policy = report.payload["policy"]
+    if not policy["signers"]:
+        result.add(
+            "signatures",
+            True,
+            "no trusted signers configured: the approved list was not required to be signed",
+        )
+        return []
+    try:
+        keys = {
+            s["name"]: public_from_der(s["key"], f"policy.signers {s['name']!r}") for s in policy["signers"]
+        }
+    except LoaderError as exc:
+        result.add("signatures", False, str(exc))
+        return []
+    required = [s["name"] for s in policy["signers"] if s["required"]]
+    envelopes = [(s["file"], s["cose"]) for s in policy["signatures"]]
+    at = parse_utc(report.payload["timestamps"]["started"])
+    check = check_signatures(policy["document"], envelopes, keys, required, at)
+    ran = report.payload["decision"]["verdict"] == "run"
+    if check.reasons and ran:
+        result.add("signatures", False, f"the report says run, but: {check.reasons[0]}")
+    else:
+        signed = ", ".join(check.verified) or "nobody"
+        result.add("signatures", True, f"approved list signed by {signed}; required: {', '.join(required)}")
+    return list(check.reasons)
+
+
+def _decision(result: Verification, report: Report, signature_reasons: list[str]) -> None:
     payload = report.payload
     verdict, reasons = payload["decision"]["verdict"], payload["decision"]["reasons"]
     ran = payload["workload"] is not None
@@ -265,9 +300,13 @@ def _decision(result: Verification, report: Report) -> None:
     if policy.digest != payload["policy"]["digest"]:
         result.add("decision", False, "policy.digest is not the digest of policy.document")
         return
-    measured = [Measured(i["role"], i["name"], i["digest"]) for i in payload["inputs"]]
+    measured = [Measured(i["role"], i["name"], i["digest"]) for i in payload["inputs"] if i["digest"]]
+    pending = [i["name"] for i in payload["inputs"] if i["encrypted"] is not None and not i["digest"]]
+    if verdict == "run" and pending:
+        result.add("decision", False, f"the report says run, but dataset {pending[0]!r} was never decrypted")
+        return
     gpus = sum(1 for e in payload["evidence"] if isinstance(e, dict) and e.get("type") in GPU_TYPES)
-    derived = decide(policy, measured, payload["tee"], gpus=gpus)
+    derived = decide(policy, measured, payload["tee"], gpus=gpus, pending=pending) + signature_reasons
     missing = [r for r in derived if r not in reasons]
     if verdict == "run" and derived:
         result.add("decision", False, f"the report says run, but: {derived[0]}")
@@ -294,7 +333,14 @@ def _events(result: Verification, report: Report) -> None:
     expected = []
     if payload["policy"]["digest"]:
         expected.append(f"policy={payload['policy']['digest']}")
-    expected += [input_event(i["role"], i["name"], i["digest"]) for i in payload["inputs"]]
+    inputs = payload["inputs"]
+    expected += [input_event(i["role"], i["name"], i["digest"]) for i in inputs if i["encrypted"] is None]
+    expected += [
+        f"dataset:{i['name']}:encrypted={i['encrypted']['digest']}" for i in inputs if i["encrypted"]
+    ]
+    expected += [
+        input_event(i["role"], i["name"], i["digest"]) for i in inputs if i["encrypted"] and i["digest"]
+    ]
     events = payload["events"]
     names = [e["event"] for e in events]
     values_ok = all(e["value"] == event_value(e["event"]) for e in events)

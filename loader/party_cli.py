@@ -1,0 +1,270 @@
+"""Commands for the parties of a multi-party job (data owners, engine author, order owner).
+
+  key generate --type p384|ed25519|x25519 --out PREFIX     PREFIX.pem (0600) and PREFIX.pub.pem
+  policy sign APPROVED --key KEY.pem --out SIG [--expires ISO8601 | --days N]
+  policy verify APPROVED --signature SIG... (--signer NAME=PUB.pem... --require NAME... | --config TOML)
+  dataset encrypt SRC --name NAME --out FILE --key-out KEYFILE    prints the plaintext digest
+  grant create --cert CVM.pem --dataset-key KEYFILE (--policy APPROVED | --engine-digest D --order O)
+               --out FILE [--ca PEM] [--allow-mock] [--at ISO8601]
+  output open SEALED --key OWNER.pem --out DIR [--report REPORT]
+
+Exit codes as everywhere: 0 done / verified, 1 rejected (a signature, grant, certificate or
+sealed file does not verify), 2 usage or I/O error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from loader.errors import EXIT_OK, EXIT_REJECTED, LoaderError, TrustError
+
+_MAX_FILE = 64 << 20
+
+
+def _read(path: Path, what: str, limit: int = _MAX_FILE) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise LoaderError(f"{path}: cannot read {what}: {exc.strerror}") from exc
+    if len(data) > limit:
+        raise LoaderError(f"{path}: {what} larger than {limit} bytes")
+    return data
+
+
+def _time(text: str) -> dt.datetime:
+    from attestation.clikit import parse_time
+
+    return parse_time(text)
+
+
+def cmd_key_generate(args: argparse.Namespace) -> int:
+    from loader import partykeys
+
+    key = partykeys.generate(args.type)
+    private, public = Path(f"{args.out}.pem"), Path(f"{args.out}.pub.pem")
+    partykeys.write_private(key, private)
+    partykeys.write_public(key.public_key(), public)
+    print(f"{private}: private key ({args.type}); {public}: public key", file=sys.stderr)
+    print(partykeys.key_id_text(key.public_key()))
+    return EXIT_OK
+
+
+def cmd_policy_sign(args: argparse.Namespace) -> int:
+    from loader.partykeys import load_private
+    from loader.policy import parse_policy
+    from loader.spool import atomic_write
+
+    document = _read(args.policy, "approved list", 1 << 20)
+    policy = parse_policy(document, str(args.policy))
+    now = dt.datetime.now(dt.UTC)
+    expires = args.expires or now + dt.timedelta(days=args.days)
+    from loader.signing import sign_policy
+
+    envelope = sign_policy(document, load_private(args.key, "signing key"), issued=now, expires=expires)
+    atomic_write(args.out, envelope)
+    print(f"{args.out}: signed {policy.digest}, valid until {expires.isoformat()}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _signers_from_args(args: argparse.Namespace) -> tuple[dict[str, Path], list[str]]:
+    signers: dict[str, Path] = {}
+    for text in args.signer or []:
+        name, sep, path = text.partition("=")
+        if not sep or not name or not path:
+            raise LoaderError(f"--signer {text!r}: expected NAME=PUBLIC_KEY.pem")
+        signers[name] = Path(path)
+    required = list(args.require or signers)
+    return signers, required
+
+
+def cmd_policy_verify(args: argparse.Namespace) -> int:
+    from loader.partykeys import load_public
+    from loader.signing import check_signatures
+
+    if args.config:
+        from loader.config import load_config
+
+        cfg = load_config(args.config)
+        if cfg.signing is None:
+            raise LoaderError(f"{args.config}: names no [policy.signers]")
+        signers = dict(cfg.signing.signers)
+        required = list(cfg.signing.required)
+        sig_paths = list(args.signature or cfg.signing.signatures)
+        policy_path = args.policy or cfg.policy_path
+    else:
+        if args.policy is None or not args.signer:
+            raise LoaderError("give APPROVED and --signer NAME=PUB.pem (or --config)")
+        signers, required = _signers_from_args(args)
+        sig_paths, policy_path = list(args.signature or []), args.policy
+    document = _read(policy_path, "approved list", 1 << 20)
+    keys = {name: load_public(path, f"signer {name!r} key") for name, path in signers.items()}
+    envelopes = [(p.name, _read(p, "signature", 64 << 10)) for p in sig_paths]
+    check = check_signatures(document, envelopes, keys, required, args.at or dt.datetime.now(dt.UTC))
+    if args.json:
+        json.dump(
+            {"ok": check.ok, "verified": list(check.verified), "reasons": list(check.reasons)}, sys.stdout
+        )
+        sys.stdout.write("\n")
+    for reason in check.reasons:
+        print(f"FAIL {reason}", file=sys.stderr)
+    if check.ok:
+        print(f"{policy_path}: signed by {', '.join(check.verified)}", file=sys.stderr)
+        return EXIT_OK
+    print(f"{policy_path}: rejected", file=sys.stderr)
+    return EXIT_REJECTED
+
+
+def cmd_dataset_encrypt(args: argparse.Namespace) -> int:
+    from loader.errors import InputError
+    from loader.grants import encrypt_dataset, write_key_file
+
+    if args.key_out.exists():
+        raise InputError(f"{args.key_out}: already exists; refusing to overwrite a dataset key")
+    key, plain = encrypt_dataset(args.src, args.name, args.out)
+    write_key_file(key, args.key_out)
+    shown = f"{plain.kind}, {plain.size} bytes"
+    print(f"{args.out}: dataset {args.name!r} encrypted ({shown}); key in {args.key_out}", file=sys.stderr)
+    print(plain.digest)
+    return EXIT_OK
+
+
+def cmd_grant_create(args: argparse.Namespace) -> int:
+    from certs.chain import load_certificates
+    from loader.cvmcert import load_chain, verify_cvm_certificate
+    from loader.grants import create_grant, load_key_file
+    from loader.spool import atomic_write
+
+    key = load_key_file(args.dataset_key)
+    engine, order, allowed = _consent(args, key.dataset)
+    chain = load_chain(_read(args.cert, "CVM certificate", 1 << 20), str(args.cert))
+    ca = load_certificates(_read(args.ca, "CA certificate"), what=str(args.ca)) if args.ca else []
+    identity = verify_cvm_certificate(
+        chain,
+        what=str(args.cert),
+        at=args.at or dt.datetime.now(dt.UTC),
+        ca=ca,
+        allow_mock=args.allow_mock,
+        allowed_tee=allowed,
+    )
+    grant = create_grant(key, identity.public_key, engine=engine, order=order)
+    atomic_write(args.out, grant)
+    mock = " (MOCK TEE, allowed by --allow-mock)" if any(r.is_mock for r in identity.results) else ""
+    print(
+        f"{args.out}: dataset {key.dataset!r} granted to the {identity.tee} CVM{mock} for engine {engine}, "
+        f"order {order!r}",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def _consent(args: argparse.Namespace, dataset: str) -> tuple[str, str, tuple[str, ...]]:
+    """Engine digest, order and allowed TEE types the owner consents to."""
+    if args.policy is not None:
+        if args.engine_digest or args.order is not None:
+            raise LoaderError("give either --policy or --engine-digest and --order, not both")
+        from loader.policy import parse_policy
+
+        policy = parse_policy(_read(args.policy, "approved list", 1 << 20), str(args.policy))
+        engine = policy.find("engine", "engine")
+        if policy.find("dataset", dataset) is None:
+            raise TrustError(f"{args.policy}: dataset {dataset!r} is not in the approved list")
+        assert engine is not None
+        return engine.digest, policy.order, policy.tee
+    if not args.engine_digest or args.order is None:
+        raise LoaderError("give --policy APPROVED, or both --engine-digest and --order")
+    return args.engine_digest, args.order, ()
+
+
+def cmd_output_open(args: argparse.Namespace) -> int:
+    from loader.partykeys import load_private
+    from loader.seal import open_sealed
+
+    expected = _sealed_digest(args.report) if args.report else None
+    files = open_sealed(args.sealed, load_private(args.key, "owner key"), args.out, expected_digest=expected)
+    print(f"{args.out}: {files} file(s) from {args.sealed}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _sealed_digest(report_path: Path) -> str:
+    from loader.report import parse_report
+    from loader.verify import Verification, check_signer
+
+    report = parse_report(_read(report_path, "report"))
+    if not check_signer(Verification(), report):
+        raise TrustError(f"{report_path}: the report's signature does not verify")
+    output: Any = (report.payload["workload"] or {}).get("output")
+    if not isinstance(output, dict) or "sealed" not in output:
+        raise TrustError(f"{report_path}: the report records no sealed output")
+    return str(output["digest"])
+
+
+def add_parsers(sub: Any) -> None:
+    """Register `key`, `policy`, `dataset`, `grant` and `output` on the main parser."""
+    key = sub.add_parser("key", help="party keys").add_subparsers(dest="key_command", required=True)
+    gen = key.add_parser("generate", help="a P-384, Ed25519 or X25519 key pair as PEM files")
+    gen.add_argument("--type", choices=("p384", "ed25519", "x25519"), default="p384")
+    gen.add_argument("--out", required=True, help="path prefix: writes PREFIX.pem and PREFIX.pub.pem")
+    gen.set_defaults(func=cmd_key_generate)
+
+    policy = sub.add_parser("policy", help="sign or verify an approved list").add_subparsers(
+        dest="policy_command", required=True
+    )
+    sign = policy.add_parser("sign", help="a detached COSE_Sign1 over the approved list's bytes")
+    sign.add_argument("policy", type=Path)
+    sign.add_argument("--key", type=Path, required=True)
+    sign.add_argument("--out", type=Path, required=True)
+    sign.add_argument("--expires", type=_time)
+    sign.add_argument("--days", type=int, default=30)
+    sign.set_defaults(func=cmd_policy_sign)
+    verify = policy.add_parser("verify", help="check the signatures on an approved list")
+    verify.add_argument("policy", type=Path, nargs="?")
+    verify.add_argument("--signature", type=Path, action="append")
+    verify.add_argument("--signer", action="append", metavar="NAME=PUB.pem")
+    verify.add_argument("--require", action="append", metavar="NAME", help="default: every --signer")
+    verify.add_argument(
+        "--config", type=Path, help="take signers, required and signatures from a loader config"
+    )
+    verify.add_argument("--at", type=_time)
+    verify.add_argument("--json", action="store_true")
+    verify.set_defaults(func=cmd_policy_verify)
+
+    dataset = sub.add_parser("dataset", help="encrypt a dataset").add_subparsers(
+        dest="dataset_command", required=True
+    )
+    enc = dataset.add_parser("encrypt", help="encrypt a file or directory under a fresh data key")
+    enc.add_argument("src", type=Path)
+    enc.add_argument("--name", required=True)
+    enc.add_argument("--out", type=Path, required=True)
+    enc.add_argument("--key-out", type=Path, required=True)
+    enc.set_defaults(func=cmd_dataset_encrypt)
+
+    grant = sub.add_parser("grant", help="grant a CVM access to a dataset").add_subparsers(
+        dest="grant_command", required=True
+    )
+    create = grant.add_parser("create", help="wrap a dataset key to an attested CVM certificate")
+    create.add_argument("--cert", type=Path, required=True)
+    create.add_argument("--dataset-key", type=Path, required=True)
+    create.add_argument("--policy", type=Path)
+    create.add_argument("--engine-digest")
+    create.add_argument("--order")
+    create.add_argument("--out", type=Path, required=True)
+    create.add_argument("--ca", type=Path)
+    create.add_argument("--allow-mock", action="store_true")
+    create.add_argument("--at", type=_time)
+    create.set_defaults(func=cmd_grant_create)
+
+    output = sub.add_parser("output", help="open a sealed output").add_subparsers(
+        dest="output_command", required=True
+    )
+    open_ = output.add_parser("open", help="decrypt a sealed output with the order owner's key")
+    open_.add_argument("sealed", type=Path)
+    open_.add_argument("--key", type=Path, required=True)
+    open_.add_argument("--out", type=Path, required=True)
+    open_.add_argument("--report", type=Path, help="check the sealed file against this report's digest")
+    open_.set_defaults(func=cmd_output_open)
