@@ -161,11 +161,23 @@ def _load_ca(path: Path | None) -> list[Any]:
     return load_certificates(_read(path, "CA certificate"), what=str(path)) if path else []
 
 
+def _collateral_trust(directory: Path, allow_mock: bool) -> Any:
+    """Trust with every file of `directory` as collateral (Intel PCS files by their names, SNP
+    `vcek`/`chain`/`crl`...), and the TCB evaluation required rather than optional."""
+    from attestation import Trust
+
+    if not directory.is_dir():
+        raise LoaderError(f"{directory}: --collateral must be a directory")
+    files = {p.name: _read(p, "collateral", 4 << 20) for p in sorted(directory.iterdir()) if p.is_file()}
+    return Trust(allow_mock=allow_mock, collateral=files, options={"require_collateral": True})
+
+
 def cmd_report_verify(args: argparse.Namespace) -> int:
     from loader.verify import verify_report
 
     raw = _read(args.report, "report")
-    result = verify_report(raw, ca=_load_ca(args.ca), at=args.at, allow_mock=args.allow_mock)
+    trust = _collateral_trust(args.collateral, args.allow_mock) if args.collateral else None
+    result = verify_report(raw, ca=_load_ca(args.ca), at=args.at, allow_mock=args.allow_mock, trust=trust)
     if args.json:
         json.dump(result.to_json(), sys.stdout, indent=2, sort_keys=True)
         sys.stdout.write("\n")
@@ -262,6 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--ca", type=Path)
     verify.add_argument("--at", type=_time)
     verify.add_argument("--allow-mock", action="store_true")
+    verify.add_argument(
+        "--collateral", type=Path, help="directory of vendor collateral (Intel PCS files...): TCB evaluated"
+    )
     verify.add_argument("--json", action="store_true")
     verify.set_defaults(func=cmd_report_verify)
 

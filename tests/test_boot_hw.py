@@ -75,3 +75,30 @@ def test_snp_boot_flow_against_fake_device(demo_dir: Path, tmp_path: Path, inter
     assert payload["evidence"][0]["data"] == report
     failed = _failed_checks(outcome.report)
     assert len(failed) == 1 and failed[0].startswith("evidence[0]: sev-snp: report_data"), failed
+
+
+def test_report_verify_evaluates_tdx_tcb_with_collateral(demo_dir: Path, tmp_path: Path) -> None:
+    """`report verify --collateral DIR`: the TDX TCB is evaluated (this platform is OutOfDate
+    under trustee's 2025 TCB Info, so the report is refused for that too)."""
+    from tests.conftest import cli
+    from tests.tdx_helpers import trustee_collateral
+
+    kernel = FakeTdxKernel(quote_bytes("trustee_6"))
+    outcome = boot(load_config(_use_tee(demo_dir, "tdx")), attester=TdxAttester(root=ROOT, ops=kernel))
+    report = tmp_path / "tdx.cbor"
+    report.write_bytes(outcome.report)
+    collateral = tmp_path / "collateral"
+    collateral.mkdir()
+    for name, data in trustee_collateral().items():
+        (collateral / name).write_bytes(data)
+    import json
+
+    res = cli(
+        "report", "verify", report, "--collateral", collateral, "--at", "2025-11-01T00:00:00Z", "--json"
+    )
+    evidence = json.loads(res.stdout)["evidence"][0]
+    assert evidence["tcb_status"] == "OutOfDate"
+    assert [c["name"] for c in evidence["checks"] if not c["passed"]] == ["report_data", "tcb_status"]
+    stale = cli("report", "verify", report, "--collateral", collateral, "--json")
+    failed = [c["name"] for c in json.loads(stale.stdout)["evidence"][0]["checks"] if not c["passed"]]
+    assert "tcb_info_fresh" in failed and stale.returncode == 1
