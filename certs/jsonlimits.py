@@ -17,6 +17,26 @@ class JsonTooDeep(ValueError):
     """The document nests deeper than allowed."""
 
 
+class JsonDuplicateKey(ValueError):
+    """An object names the same member twice (parsers disagree on which one wins)."""
+
+
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """object_pairs_hook refusing duplicate member names."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise JsonDuplicateKey(f"duplicate field {key!r}")
+        out[key] = value
+    return out
+
+
+def check_depth(raw: bytes, max_depth: int = 32) -> None:
+    found = nesting_depth(raw)
+    if found > max_depth:
+        raise JsonTooDeep(f"JSON nested {found} levels deep, more than the {max_depth} allowed")
+
+
 def nesting_depth(raw: bytes) -> int:
     depth = deepest = 0
     in_string = escaped = False
@@ -38,10 +58,8 @@ def nesting_depth(raw: bytes) -> int:
     return deepest
 
 
-def loads(raw: bytes | str, *, max_depth: int = 32, **kwargs: Any) -> Any:
-    """json.loads, refusing documents nested deeper than `max_depth` (raises JsonTooDeep)."""
-    data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
-    found = nesting_depth(data)
-    if found > max_depth:
-        raise JsonTooDeep(f"JSON nested {found} levels deep, more than the {max_depth} allowed")
-    return json.loads(raw, **kwargs)
+def loads(raw: bytes | str, *, max_depth: int = 32) -> Any:
+    """json.loads for untrusted documents: nesting bounded (JsonTooDeep), duplicate member
+    names refused (JsonDuplicateKey); both are ValueErrors."""
+    check_depth(raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw, max_depth)
+    return json.loads(raw, object_pairs_hook=unique_keys)

@@ -110,24 +110,12 @@ def hash_fd(
 ) -> tuple[bytes, int]:
     """SHA-256 and length of everything readable from `fd`, optionally copied to `sink`.
 
-    Each byte is read once into this thread's buffer, hashed, then written to `sink`.
+    Each byte is read once into this thread's buffer, hashed, then written to `sink`
+    (an unbuffered FileIO over `fd`: one read(2) per chunk, no extra copy).
     """
-    h = hashlib.sha256()
-    buf, view = _buffer()
-    total = 0
     _advise_sequential(fd)
-    try:
-        while n := os.readv(fd, [buf]):
-            chunk = view[:n]
-            h.update(chunk)
-            if sink is not None:
-                _write_all(sink, chunk)
-            total += n
-            if meter is not None:
-                meter.add(n)
-    except OSError as exc:
-        raise InputError(f"{shown}: read or write failed after {total} bytes: {exc.strerror}") from exc
-    return h.digest(), total
+    with os.fdopen(fd, "rb", buffering=0, closefd=False) as f:
+        return hash_stream(f, sink, meter, shown=shown)
 
 
 def hash_stream(

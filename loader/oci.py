@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
+from certs import jsonlimits
 from loader.digest import Digest, Meter, hash_stream, open_regular, open_tree
 from loader.errors import InputError
 
@@ -338,18 +339,9 @@ def detect(path: Path) -> bool:
 # --- strict JSON and descriptors ---------------------------------------------------------------
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key!r}")
-        out[key] = value
-    return out
-
-
 def parse_json(data: bytes, where: str) -> dict[str, Any]:
     try:
-        doc = json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates)
+        doc = jsonlimits.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise InputError(f"{where}: not valid JSON: {exc}") from exc
     if not isinstance(doc, dict):

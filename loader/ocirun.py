@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from loader.errors import InputError, RunnerError
-from loader.runner import StagedPaths, WorkloadResult, _terminate, expand
+from loader.runner import StagedPaths, WorkloadResult, expand, supervise
 
 if TYPE_CHECKING:
     from loader.config import RunSettings
@@ -180,26 +180,15 @@ def run_oci(
     start = time.monotonic()
     if (problem := load_image(settings, layout, image_id)) is not None:
         return WorkloadResult(None, False, time.monotonic() - start, problem)
-    with open(paths.logs / "stdout.log", "wb") as out, open(paths.logs / "stderr.log", "wb") as err:
-        try:
-            proc = subprocess.Popen(
-                argv,
-                env=_runtime_env(),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                start_new_session=True,
-                close_fds=True,
-            )
-        except OSError as exc:
-            return WorkloadResult(None, False, 0.0, f"cannot start {argv[0]}: {exc.strerror}")
-        try:
-            code = proc.wait(timeout=timeout)
-            return WorkloadResult(code, False, time.monotonic() - start, None)
-        except subprocess.TimeoutExpired:
-            _remove(settings, name)
-            _terminate(proc)
-            return WorkloadResult(proc.returncode, True, time.monotonic() - start, None)
+    return supervise(
+        argv,
+        env=_runtime_env(),
+        cwd=None,
+        logs=paths.logs,
+        timeout=timeout,
+        on_stop=lambda: _remove(settings, name),
+        start=start,
+    )
 
 
 def _remove(settings: OciSettings, name: str) -> None:

@@ -11,7 +11,6 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from certs import jsonlimits
 from loader.digest import format_digest, parse_digest
@@ -51,15 +50,6 @@ def valid_name(name: object) -> bool:
     return isinstance(name, str) and NAME_RE.fullmatch(name) is not None
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    seen: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in seen:
-            raise PolicyError(f"duplicate field {key!r}")
-        seen[key] = value
-    return seen
-
-
 def _entry(obj: object, role: str, where: str) -> ApprovedInput:
     if not isinstance(obj, dict):
         raise PolicyError(f"{where}: expected an object with name and digest")
@@ -88,7 +78,9 @@ def _parse(raw: bytes) -> ApprovedList:
     if len(raw) > MAX_POLICY_BYTES:
         raise PolicyError(f"{len(raw)} bytes, more than the {MAX_POLICY_BYTES} allowed")
     try:
-        doc = jsonlimits.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
+        doc = jsonlimits.loads(raw.decode("utf-8"))
+    except jsonlimits.JsonDuplicateKey as exc:
+        raise PolicyError(str(exc)) from exc
     except (UnicodeDecodeError, json.JSONDecodeError, jsonlimits.JsonTooDeep) as exc:
         raise PolicyError(f"not valid UTF-8 JSON ({exc})") from exc
     if not isinstance(doc, dict):

@@ -13,7 +13,7 @@ import re
 import signal
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,13 +86,30 @@ def run_process(
     argv = [expand(a, paths) for a in command]
     paths.output.mkdir(mode=0o700, parents=True, exist_ok=True)
     paths.logs.mkdir(mode=0o700, parents=True, exist_ok=True)
-    start = time.monotonic()
-    with open(paths.logs / "stdout.log", "wb") as out, open(paths.logs / "stderr.log", "wb") as err:
+    return supervise(
+        argv, env=environment(paths, extra_env), cwd=paths.output, logs=paths.logs, timeout=timeout
+    )
+
+
+def supervise(
+    argv: list[str],
+    *,
+    env: Mapping[str, str],
+    cwd: Path | None,
+    logs: Path,
+    timeout: float,
+    on_stop: Callable[[], None] = lambda: None,
+    start: float | None = None,
+) -> WorkloadResult:
+    """Run `argv` in its own session with output to logs/, stopping its process group (after
+    `on_stop`) at the timeout or when the loader itself is interrupted."""
+    start = time.monotonic() if start is None else start
+    with open(logs / "stdout.log", "wb") as out, open(logs / "stderr.log", "wb") as err:
         try:
             proc = subprocess.Popen(
                 argv,
-                cwd=paths.output,
-                env=environment(paths, extra_env),
+                cwd=cwd,
+                env=dict(env),
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
@@ -105,9 +122,11 @@ def run_process(
             code = proc.wait(timeout=timeout)
             return WorkloadResult(code, False, time.monotonic() - start, None)
         except subprocess.TimeoutExpired:
+            on_stop()
             _terminate(proc)
             return WorkloadResult(proc.returncode, True, time.monotonic() - start, None)
         except BaseException:
+            on_stop()
             _terminate(proc)  # the loader is being stopped: never leave the engine running
             raise
 

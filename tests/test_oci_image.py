@@ -131,7 +131,7 @@ def test_edited_index_json_pointing_elsewhere_is_refused(tmp_path: Path) -> None
 @pytest.mark.parametrize(
     ("index_json", "message"),
     [
-        (b'{"schemaVersion":2,"schemaVersion":2,"manifests":[]}', "duplicate key"),
+        (b'{"schemaVersion":2,"schemaVersion":2,"manifests":[]}', "duplicate field"),
         (b'{"schemaVersion":1,"manifests":[]}', "schemaVersion: expected 2"),
         (b"[1]", "expected a JSON object"),
         (b"\xff", "not valid JSON"),

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.x509.oid import NameOID
 
 from attestation.errors import CollateralError
+from certs import jsonlimits
 from certs.chain import load_certificates, verify_chain
 from certs.errors import CertsError
 
@@ -119,16 +120,7 @@ class QeIdentity:
 # ---- the signed envelope ---------------------------------------------------------------------
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key!r}")
-        out[key] = value
-    return out
-
-
-_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates)
+_DECODER = json.JSONDecoder(object_pairs_hook=jsonlimits.unique_keys)
 _WS = " \t\r\n"
 
 
@@ -144,8 +136,11 @@ def split_signed(raw: bytes, body_key: str, what: str) -> Signed:
         raise CollateralError(f"{what}: {len(raw)} bytes, more than the {MAX_COLLATERAL_BYTES} allowed")
     try:
         text = raw.decode("ascii")
+        jsonlimits.check_depth(raw)
     except UnicodeDecodeError as exc:
         raise CollateralError(f"{what}: not ASCII JSON (byte {exc.start})") from exc
+    except jsonlimits.JsonTooDeep as exc:
+        raise CollateralError(f"{what}: {exc}") from exc
     try:
         members: dict[str, tuple[Any, int, int]] = {}
         pos = _skip_ws(text, 0)
