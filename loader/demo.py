@@ -347,7 +347,11 @@ def summary(workdir: Path, outcome: Any, check: Any, ca_url: str | None = None) 
             f"            trusted-loader policy verify --config {workdir / 'loader.toml'}",
         ]
     else:
-        lines.append(f"            trusted-loader run --config {workdir / 'loader.toml'}")
+        lines += [
+            f"            trusted-loader run --config {workdir / 'loader.toml'}",
+            "  parties   two data owners, an engine author and an order owner (signed list, encrypted",
+            "            datasets, grants, sealed output): trusted-loader demo --parties --workdir DIR",
+        ]
     if ca_url:
         lines.append(f"            trusted-loader report verify {report} --ca <CA dir>/ca.pem --allow-mock")
     return "\n".join(lines) + "\n"
