@@ -33,6 +33,7 @@ from certs.errors import CertsError
 from certs.extensions import encode_evidence_extension
 from certs.nonce import NonceError, NonceService, create_key, load_key
 from certs.policy import GPU_TYPES, CaPolicy, default_policy_text, load_policy
+from certs.profile import cvm_leaf
 
 log = logging.getLogger("certs.ca")
 
@@ -310,22 +311,9 @@ class CertificateAuthority:
             .serial_number(serial)
             .not_valid_before(now - CLOCK_SKEW)
             .not_valid_after(not_after)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(csr.public_key), critical=False)
+        )
+        builder = (
+            cvm_leaf(builder, csr.public_key)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(self._ski), critical=False
             )

@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from certs.extensions import encode_evidence_extension
+from certs.profile import cvm_leaf
 
 
 def self_issue(
@@ -38,22 +39,6 @@ def self_issue(
         .serial_number(int.from_bytes(secrets.token_bytes(16), "big") >> 1)
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + lifetime)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=True,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=True,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
-        .add_extension(encode_evidence_extension(bundle), critical=False)
     )
+    builder = cvm_leaf(builder, public).add_extension(encode_evidence_extension(bundle), critical=False)
     return builder.sign(key, hashes.SHA384())
