@@ -19,6 +19,7 @@ from typing import Any
 from attestation.clikit import fail
 from loader import opscli
 from loader.errors import EXIT_OK, EXIT_REJECTED, EXIT_USAGE, LoaderError
+from loader.files import load_ca, read_bounded
 
 _EVIDENCE_CLIS = {
     "tdx": "attestation.tdx.cli",
@@ -31,17 +32,6 @@ def _setup_logging(verbose: bool) -> None:
     from loader.logs import setup_logging
 
     setup_logging(choice="text", level=logging.INFO if verbose else logging.WARNING)
-
-
-def _read(path: Path, what: str, limit: int = 64 << 20) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            data = f.read(limit + 1)
-    except OSError as exc:
-        raise LoaderError(f"{path}: cannot read {what}: {exc.strerror}") from exc
-    if len(data) > limit:
-        raise LoaderError(f"{path}: {what} larger than {limit} bytes")
-    return data
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -155,12 +145,6 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _load_ca(path: Path | None) -> list[Any]:
-    from certs.chain import load_certificates
-
-    return load_certificates(_read(path, "CA certificate"), what=str(path)) if path else []
-
-
 def _collateral_trust(directory: Path, allow_mock: bool) -> Any:
     """Trust with every file of `directory` as collateral (Intel PCS files by their names, SNP
     `vcek`/`chain`/`crl`...), and the TCB evaluation required rather than optional."""
@@ -168,16 +152,18 @@ def _collateral_trust(directory: Path, allow_mock: bool) -> Any:
 
     if not directory.is_dir():
         raise LoaderError(f"{directory}: --collateral must be a directory")
-    files = {p.name: _read(p, "collateral", 4 << 20) for p in sorted(directory.iterdir()) if p.is_file()}
+    files = {
+        p.name: read_bounded(p, "collateral", 4 << 20) for p in sorted(directory.iterdir()) if p.is_file()
+    }
     return Trust(allow_mock=allow_mock, collateral=files, options={"require_collateral": True})
 
 
 def cmd_report_verify(args: argparse.Namespace) -> int:
     from loader.verify import verify_report
 
-    raw = _read(args.report, "report")
+    raw = read_bounded(args.report, "report")
     trust = _collateral_trust(args.collateral, args.allow_mock) if args.collateral else None
-    result = verify_report(raw, ca=_load_ca(args.ca), at=args.at, allow_mock=args.allow_mock, trust=trust)
+    result = verify_report(raw, ca=load_ca(args.ca), at=args.at, allow_mock=args.allow_mock, trust=trust)
     if args.json:
         json.dump(result.to_json(), sys.stdout, indent=2, sort_keys=True)
         sys.stdout.write("\n")
@@ -195,7 +181,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from loader.replay import replay
 
     check, items = replay(
-        _read(args.report, "report"), args.input, ca=_load_ca(args.ca), at=args.at, allow_mock=args.allow_mock
+        read_bounded(args.report, "report"),
+        args.input,
+        ca=load_ca(args.ca),
+        at=args.at,
+        allow_mock=args.allow_mock,
     )
     if not check.ok:
         print(f"{args.report}: rejected: {check.reason()}", file=sys.stderr)

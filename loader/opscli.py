@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from loader.errors import EXIT_OK, LoaderError
+from loader.files import load_ca, read_bounded
 
 DEFAULT_CONFIG = Path("/etc/trusted-loader/loader.toml")
 UNIT_NAME = "trusted-loader.service"
@@ -112,17 +113,9 @@ def cmd_install_unit(args: argparse.Namespace) -> int:
 
 
 def _verification(args: argparse.Namespace, raw: bytes) -> Any:
-    from certs.chain import load_certificates
     from loader.verify import verify_report
 
-    ca = load_certificates(_read(args.ca, "CA certificate"), what=str(args.ca)) if args.ca else []
-    return verify_report(raw, ca=ca, at=args.at, allow_mock=args.allow_mock)
-
-
-def _read(path: Path, what: str) -> bytes:
-    from loader.cli import _read as read
-
-    return read(path, what)
+    return verify_report(raw, ca=load_ca(args.ca), at=args.at, allow_mock=args.allow_mock)
 
 
 def cmd_report_show(args: argparse.Namespace) -> int:
@@ -135,7 +128,7 @@ def cmd_report_show(args: argparse.Namespace) -> int:
     from loader.report import parse_report
     from loader.show import render_text
 
-    raw = _read(args.report, "report")
+    raw = read_bounded(args.report, "report")
     report = parse_report(raw)
     check = None if args.no_verify else _verification(args, raw)
     if args.json:

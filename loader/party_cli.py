@@ -22,19 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from loader.errors import EXIT_OK, EXIT_REJECTED, LoaderError, TrustError
-
-_MAX_FILE = 64 << 20
-
-
-def _read(path: Path, what: str, limit: int = _MAX_FILE) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            data = f.read(limit + 1)
-    except OSError as exc:
-        raise LoaderError(f"{path}: cannot read {what}: {exc.strerror}") from exc
-    if len(data) > limit:
-        raise LoaderError(f"{path}: {what} larger than {limit} bytes")
-    return data
+from loader.files import read_bounded
 
 
 def _time(text: str) -> dt.datetime:
@@ -60,7 +48,7 @@ def cmd_policy_sign(args: argparse.Namespace) -> int:
     from loader.policy import parse_policy
     from loader.spool import atomic_write
 
-    document = _read(args.policy, "approved list", 1 << 20)
+    document = read_bounded(args.policy, "approved list", 1 << 20)
     policy = parse_policy(document, str(args.policy))
     now = dt.datetime.now(dt.UTC)
     expires = args.expires or now + dt.timedelta(days=args.days)
@@ -102,9 +90,9 @@ def cmd_policy_verify(args: argparse.Namespace) -> int:
             raise LoaderError("give APPROVED and --signer NAME=PUB.pem (or --config)")
         signers, required = _signers_from_args(args)
         sig_paths, policy_path = list(args.signature or []), args.policy
-    document = _read(policy_path, "approved list", 1 << 20)
+    document = read_bounded(policy_path, "approved list", 1 << 20)
     keys = {name: load_public(path, f"signer {name!r} key") for name, path in signers.items()}
-    envelopes = [(p.name, _read(p, "signature", 64 << 10)) for p in sig_paths]
+    envelopes = [(p.name, read_bounded(p, "signature", 64 << 10)) for p in sig_paths]
     check = check_signatures(document, envelopes, keys, required, args.at or dt.datetime.now(dt.UTC))
     if args.json:
         json.dump(
@@ -142,8 +130,8 @@ def cmd_grant_create(args: argparse.Namespace) -> int:
 
     key = load_key_file(args.dataset_key)
     engine, order, allowed = _consent(args, key.dataset)
-    chain = load_chain(_read(args.cert, "CVM certificate", 1 << 20), str(args.cert))
-    ca = load_certificates(_read(args.ca, "CA certificate"), what=str(args.ca)) if args.ca else []
+    chain = load_chain(read_bounded(args.cert, "CVM certificate", 1 << 20), str(args.cert))
+    ca = load_certificates(read_bounded(args.ca, "CA certificate"), what=str(args.ca)) if args.ca else []
     identity = verify_cvm_certificate(
         chain,
         what=str(args.cert),
@@ -170,7 +158,7 @@ def _consent(args: argparse.Namespace, dataset: str) -> tuple[str, str, tuple[st
             raise LoaderError("give either --policy or --engine-digest and --order, not both")
         from loader.policy import parse_policy
 
-        policy = parse_policy(_read(args.policy, "approved list", 1 << 20), str(args.policy))
+        policy = parse_policy(read_bounded(args.policy, "approved list", 1 << 20), str(args.policy))
         engine = policy.find("engine", "engine")
         if policy.find("dataset", dataset) is None:
             raise TrustError(f"{args.policy}: dataset {dataset!r} is not in the approved list")
@@ -195,7 +183,7 @@ def _sealed_digest(report_path: Path) -> str:
     from loader.report import parse_report
     from loader.verify import Verification, check_signer
 
-    report = parse_report(_read(report_path, "report"))
+    report = parse_report(read_bounded(report_path, "report"))
     if not check_signer(Verification(), report):
         raise TrustError(f"{report_path}: the report's signature does not verify")
     output: Any = (report.payload["workload"] or {}).get("output")
