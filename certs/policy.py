@@ -130,7 +130,8 @@ def _show(value: Any) -> str:
 
 def load_policy(path: Path) -> CaPolicy:
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as f:
+            raw = f.read(MAX_POLICY_BYTES + 1)
     except OSError as exc:
         raise PolicyError(f"{path}: cannot read policy: {exc.strerror or exc}") from exc
     if len(raw) > MAX_POLICY_BYTES:
