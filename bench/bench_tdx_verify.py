@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _vectors() -> Path:
     env = os.environ.get("TL_VECTORS")
-    return Path(env) if env else REPO.parent / "shared" / "vectors"
+    return Path(env) if env else REPO / "tests" / "vectors"
 
 
 def main(iterations: int = 300) -> int:

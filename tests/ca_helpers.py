@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,15 +17,6 @@ from certs.csr import build_csr
 REPO = Path(__file__).resolve().parents[1]
 
 
-def vectors_dir() -> Path:
-    """../shared/vectors beside the repository, or $TL_VECTORS."""
-    env = os.environ.get("TL_VECTORS")
-    candidates = [Path(env)] if env else []
-    candidates += [REPO.parent / "shared" / "vectors", REPO.parents[1] / "shared" / "vectors"]
-    for path in candidates:
-        if (path / "MANIFEST.md").is_file():
-            return path
-    raise FileNotFoundError(f"attestation vectors not found (tried {', '.join(map(str, candidates))})")
 
 
 def make_ca(

@@ -1,6 +1,6 @@
 """Fake NVML modules for the attester tests.
 
-`vector_nvml` serves the real Hopper report and chain from shared/vectors: the GPU ignores the
+`vector_nvml` serves the real Hopper report and chain from tests/vectors: the GPU ignores the
 nonce it is given (the report's nonce is fixed), which is what the parsing and verification
 path needs and what the attester's nonce check must catch. `mock_nvml` serves mock GPUs that
 sign fresh reports (attestation.nvidia.mockgpu). Both reuse MockNvml's pynvml-shaped API.

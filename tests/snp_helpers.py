@@ -2,7 +2,7 @@
 
 Everything named `synthetic_*` or `Test*` here is a test artefact generated on the fly, signed
 by keys made in the test run. It is never presented as AMD evidence: real evidence comes only
-from the vectors directory (../shared/vectors/snp, or $TL_VECTORS/snp).
+from the vectors directory (tests/vectors/snp, or $TL_VECTORS/snp).
 """
 
 from __future__ import annotations

@@ -26,7 +26,8 @@ from certs.errors import CertsError, ChainError
 from certs.extensions import decode_evidence_extension
 from certs.nonce import NONCE_LEN, NonceError, NonceService
 from certs.policy import PolicyError, default_policy_text, load_policy
-from tests.ca_helpers import Cvm, make_ca, vectors_dir
+from tests.ca_helpers import Cvm, make_ca
+from tests.vectors import vectors_dir
 
 
 class Clock:

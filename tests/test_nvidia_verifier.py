@@ -56,7 +56,7 @@ def test_bundled_roots_are_pinned():
     ]
     files = Path(REPO / "attestation/nvidia/roots")
     digests = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files.glob("*.pem")}
-    # sha256 of the files as listed in shared/vectors/MANIFEST.md (File table).
+    # sha256 of the files as listed in tests/vectors/MANIFEST.md (File table).
     assert digests == {
         "verifier_device_root.pem": "6e6e91e84068cb7de2c715ca73d6df168a16b23d96a895b42e553b297a471bfc",
         "verifier_RIM_root.pem": "afe8d01ab79b451fc6401a00bd8d3cba283e67339bd902e14bb41171eacb99d1",

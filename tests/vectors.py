@@ -1,6 +1,7 @@
-"""Where the real attestation vectors are: $TL_VECTORS, else ../shared/vectors beside the repo.
+"""Where the real attestation vectors are: tests/vectors in this repository ($TL_VECTORS overrides).
 
-Missing vectors fail the run (never a silent skip): CI clones the repo with shared/ beside it.
+The files are copied byte for byte from public repositories; tests/vectors/MANIFEST.md names each
+source, commit and licence. Missing vectors fail the run (never a silent skip).
 """
 
 from __future__ import annotations
@@ -8,17 +9,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[1]
+DEFAULT = REPO / "tests" / "vectors"
 
 
 def vectors_dir() -> Path:
     env = os.environ.get("TL_VECTORS")
-    candidates = [Path(env)] if env else [REPO.parent / "shared" / "vectors", REPO / "shared" / "vectors"]
-    for path in candidates:
-        if (path / "MANIFEST.md").is_file():
-            return path.resolve()
-    pytest.fail(
-        f"attestation vectors not found (looked in {', '.join(map(str, candidates))}; set TL_VECTORS)"
-    )
+    path = Path(env) if env else DEFAULT
+    if not (path / "MANIFEST.md").is_file():
+        raise FileNotFoundError(f"attestation vectors not found in {path} (tests/vectors, or set TL_VECTORS)")
+    return path.resolve()
