@@ -17,8 +17,6 @@ from certs.csr import build_csr
 REPO = Path(__file__).resolve().parents[1]
 
 
-
-
 def make_ca(
     directory: Path, *, allow_mock: bool, policy: str | None = None, clock=None
 ) -> CertificateAuthority:
