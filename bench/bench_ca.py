@@ -34,8 +34,11 @@ from certs.csr import build_csr  # noqa: E402
 from loader.enroll import enroll  # noqa: E402
 from tests.ca_helpers import Cvm  # noqa: E402
 
+# Throughput from one address: lift the per-client rate limit (bench_ca_abuse.py keeps it).
+UNLIMITED = ("--rate", "1000000", "--burst", "1000000")
 
-def start_ca(workdir: Path) -> tuple[subprocess.Popen, str]:
+
+def start_ca(workdir: Path, extra: tuple[str, ...] = UNLIMITED) -> tuple[subprocess.Popen, str]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     ca_dir = workdir / "ca"
     subprocess.run(
@@ -45,7 +48,18 @@ def start_ca(workdir: Path) -> tuple[subprocess.Popen, str]:
         capture_output=True,
     )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "certs.cli", "ca", "serve", "--dir", str(ca_dir), "--listen", "127.0.0.1:0"],
+        [
+            sys.executable,
+            "-m",
+            "certs.cli",
+            "ca",
+            "serve",
+            "--dir",
+            str(ca_dir),
+            "--listen",
+            "127.0.0.1:0",
+            *extra,
+        ],
         env=env,
         stderr=subprocess.PIPE,
         text=True,

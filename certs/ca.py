@@ -1,10 +1,11 @@
 """The attestation-based CA: a certificate for a CVM's key only after its evidence verifies.
 
-Order of a request (cheap checks before expensive ones, the nonce spent before any evidence is
-verified so a request cannot be raced twice): nonce authentic and unexpired -> CSR parses and its
-signature verifies -> nonce redeemed (single use) -> evidence types allowed and complete ->
-every piece of evidence verified by its attestation verifier, with the binding recomputed from
-the CSR's key and the nonce -> verified claims validated against the policy -> leaf issued.
+Order of a request (cheap checks before expensive ones): nonce authentic, unexpired and issued
+by this replica -> CSR parses and its signature verifies -> nonce reserved (a concurrent request
+with the same nonce is refused) -> evidence types allowed and complete -> every piece of evidence
+verified by its attestation verifier, with the binding recomputed from the CSR's key and the
+nonce -> nonce spent (single use; evidence that did not verify releases it, so garbage cannot
+fill the replay cache) -> verified claims validated against the policy -> leaf issued.
 """
 
 from __future__ import annotations
@@ -163,7 +164,9 @@ class CertificateAuthority:
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, directory: Path, *, clock: Callable[[], float] = time.time) -> CertificateAuthority:
+    def load(
+        cls, directory: Path, *, replica: int = 0, clock: Callable[[], float] = time.time
+    ) -> CertificateAuthority:
         try:
             cert = x509.load_pem_x509_certificate((directory / CA_CERT).read_bytes())
             key_path = directory / CA_KEY
@@ -178,7 +181,7 @@ class CertificateAuthority:
         except ValueError as exc:
             raise CertsError(f"{directory}: CA files are malformed ({exc})") from exc
         policy = load_policy(directory / POLICY)
-        nonces = NonceService(nonce_key, ttl=policy.nonce_ttl_seconds, clock=clock)
+        nonces = NonceService(nonce_key, ttl=policy.nonce_ttl_seconds, replica=replica, clock=clock)
         return cls(cert=cert, key=key, policy=policy, nonces=nonces, clock=clock)  # type: ignore[arg-type]
 
     @property
@@ -194,13 +197,18 @@ class CertificateAuthority:
         try:
             self.nonces.check(request.nonce)
             csr = parse_csr(request.csr)
-            self.nonces.redeem(request.nonce)
+            self.nonces.reserve(request.nonce)
         except NonceError as exc:
             raise Refusal(exc.code, str(exc)) from exc
         except CsrError as exc:
             raise Refusal("csr_invalid", str(exc)) from exc
-        self._check_types(request.evidence)
-        results = self._verify_all(request, csr, now)
+        try:
+            self._check_types(request.evidence)
+            results = self._verify_all(request, csr, now)
+        except BaseException:
+            self.nonces.release(request.nonce)
+            raise
+        self.nonces.spend(request.nonce)
         reasons = [
             reason
             for ev, result in zip(request.evidence, results, strict=True)

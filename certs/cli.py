@@ -36,6 +36,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     serve.add_argument("--listen", default="127.0.0.1:8450", help="HOST:PORT (port 0 picks a free one)")
     serve.add_argument("--tls-cert", type=Path, help="serve HTTPS with this certificate chain (PEM)")
     serve.add_argument("--tls-key", type=Path, help="private key for --tls-cert (PEM)")
+    serve.add_argument(
+        "--replica",
+        type=int,
+        default=0,
+        help="this replica's number, 0..65535: it redeems only the nonces it issued (docs/ca-abuse.md)",
+    )
+    serve.add_argument(
+        "--rate", type=float, default=5.0, help="enrollments per second per client address (default 5)"
+    )
+    serve.add_argument("--burst", type=float, default=20.0, help="enrollment burst per client (default 20)")
     serve.set_defaults(func=cmd_serve)
     return ca
 
@@ -89,12 +99,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"error: `ca serve` needs aiohttp: {hint} ({exc})", file=sys.stderr)
         return EXIT_USAGE
     from certs.ca import CertificateAuthority
+    from certs.ratelimit import Rate
 
+    try:
+        limits = service.Limits(enroll=Rate(per_second=args.rate, burst=args.burst))
+    except ValueError as exc:
+        print(f"error: --rate/--burst: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        ca = CertificateAuthority.load(args.dir)
+        ca = CertificateAuthority.load(args.dir, replica=args.replica)
         ssl_context = _tls(args.tls_cert, args.tls_key) if args.tls_cert else None
-    except (CertsError, OSError) as exc:
+    except (CertsError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     for warning in ca.policy.warnings():
@@ -104,7 +120,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"trusted-loader CA listening on {url}", file=sys.stderr, flush=True)
 
     try:
-        service.serve_forever(ca, host, port, ssl_context=ssl_context, ready=ready)
+        service.serve_forever(ca, host, port, ssl_context=ssl_context, limits=limits, ready=ready)
     except OSError as exc:
         print(f"error: cannot listen on {args.listen}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -34,7 +34,9 @@ from certs.extensions import decode_evidence_extension
 log = logging.getLogger("trusted-loader.enroll")
 
 MAX_RESPONSE_BYTES = 1 << 20
-RETRYABLE_CODES = frozenset({"busy", "nonce_expired", "ca_expired", "internal"})
+RETRYABLE_CODES = frozenset(
+    {"busy", "rate_limited", "nonce_expired", "nonce_wrong_replica", "ca_expired", "internal"}
+)
 
 
 class EnrollmentError(Exception):

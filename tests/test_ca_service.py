@@ -20,7 +20,8 @@ from cryptography import x509
 from attestation import binding
 from certs import wire
 from certs.csr import build_csr
-from certs.service import BackgroundServer
+from certs.ratelimit import Rate
+from certs.service import BackgroundServer, Limits
 from loader.enroll import CaUnavailable, EnrollmentError, EnrollmentRefused, check_issued, enroll
 from tests.ca_helpers import REPO, Cvm, make_ca
 
@@ -30,9 +31,13 @@ def mock_ca(tmp_path_factory):
     return make_ca(tmp_path_factory.mktemp("ca") / "ca", allow_mock=True)
 
 
+# These tests send bursts from one address; the rate limits have their own tests (test_ca_abuse).
+UNLIMITED = Limits(enroll=Rate(1000.0, 1000.0), nonce=Rate(1000.0, 1000.0))
+
+
 @pytest.fixture(scope="module")
 def server(mock_ca):
-    with BackgroundServer(mock_ca) as url:
+    with BackgroundServer(mock_ca, limits=UNLIMITED) as url:
         yield url
 
 
