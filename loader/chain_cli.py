@@ -8,8 +8,10 @@
 `run` and `demo` store the report in the spool first, then publish it; when that fails within the
 timeout they exit 6 (EXIT_NOT_PUBLISHED: report stored, not published) unless the job itself
 already failed with its own code, and `trusted-loader publish` delivers it later. `publish` exits
-0 when everything in the spool is delivered (also when it already was), 6 when some is pending.
-`report fetch` exits 1 when the digest was never published.
+0 when everything in the spool is delivered (also when it already was), 6 when some is pending,
+2 (node error) when some is pending because the node answered something malformed or false.
+`report fetch` exits 1 when the contract says the digest was never published, 2 on a node error
+(unreachable, malformed answer, or a log that does not hash to the digest). docs/publishing.md.
 
 This module imports web3 only when a chain is actually used.
 """
@@ -21,11 +23,12 @@ import json
 import logging
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loader.errors import EXIT_OK, EXIT_REJECTED, ConfigError, LoaderError, PublishError
-from loader.publish.settings import PublishSettings, override
+from loader.publish.settings import EvmSettings, PublishSettings, override
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -38,6 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("trusted-loader")
 
 EXIT_NOT_PUBLISHED = 6
+EXIT_NODE_ERROR = 2
 DEFAULT_DEPLOY_TIMEOUT = 120.0
 
 
@@ -76,11 +80,43 @@ def _chain_options(parser: argparse.ArgumentParser, *, contract: bool, key: bool
     parser.add_argument("--chain-id", type=int, help="refuse a node on any other chain")
 
 
+def _count(low: int, high: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, found {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected {low}..{high}, found {value}")
+        return value
+
+    return parse
+
+
+def _delivery_options(parser: Any) -> None:
+    parser.add_argument(
+        "--confirmations",
+        type=_count(1, 10_000),
+        help="blocks (its own included) that must stand on a report's log (default 1)",
+    )
+    parser.add_argument(
+        "--replace-after", type=_seconds, help="seconds before a stuck transaction is replaced (default 30)"
+    )
+    parser.add_argument(
+        "--max-replacements", type=_count(0, 10), help="replacements per transaction at most (default 3)"
+    )
+
+
 def add_publish_options(parser: argparse.ArgumentParser) -> None:
     """The chain flags of `run` and `demo` (they override [publish.evm] in the config)."""
     group = parser.add_argument_group("publishing (override [publish.evm] in the config)")
     _chain_options(group, contract=True, key=True, required=False)  # type: ignore[arg-type]
     group.add_argument("--publish-timeout", type=_seconds, help="seconds to spend publishing (default 60)")
+    group.add_argument(
+        "--confirmations",
+        type=_count(1, 10_000),
+        help="blocks (its own included) that must stand on a report's log (default 1)",
+    )
 
 
 def add_commands(sub: Any, report_sub: Any) -> None:
@@ -102,6 +138,7 @@ def add_commands(sub: Any, report_sub: Any) -> None:
         "--respect-backoff", action="store_true", help="skip reports whose persisted retry time is not due"
     )
     publish.add_argument("--json", action="store_true")
+    _delivery_options(publish)
     publish.set_defaults(func=cmd_publish)
 
     fetch = report_sub.add_parser("fetch", help="fetch a published report by its digest")
@@ -126,10 +163,23 @@ def make_sinks(settings: PublishSettings) -> list[Sink]:
         evm = _evm()
         assert settings.evm.account_key_file is not None
         key = read_account_key(settings.evm.account_key_file)
-        sinks.append(
-            evm.EvmSink(settings.evm.rpc_url, settings.evm.contract, key, chain_id=settings.evm.chain_id)
-        )
+        sinks.append(_evm_sink(evm, settings.evm, key))
     return sinks
+
+
+def _evm_sink(evm: Any, cfg: EvmSettings, key: Any) -> Sink:
+    try:
+        replacement = evm.Replacement(replace_after=cfg.replace_after, max_replacements=cfg.max_replacements)
+    except ValueError as exc:
+        raise ConfigError(f"publish.evm: {exc}") from None
+    return evm.EvmSink(
+        cfg.rpc_url,
+        cfg.contract,
+        key,
+        chain_id=cfg.chain_id,
+        confirmations=cfg.confirmations,
+        replacement=replacement,
+    )
 
 
 def prepare(cfg_publish: PublishSettings, args: argparse.Namespace) -> tuple[PublishSettings, list[Sink]]:
@@ -199,19 +249,15 @@ def cmd_chain_deploy(args: argparse.Namespace) -> int:
     evm = _evm()
     key = read_account_key(args.account_key_file)
     w3 = evm.connect(args.rpc_url, min(args.timeout, evm.MAX_RPC_TIMEOUT))
-    _check_chain(evm, w3, args.chain_id)
+    _check_chain(evm.chain_id_of(w3), args.chain_id)
     address, tx_hash = evm.deploy(w3, key, deadline=time.monotonic() + args.timeout)
     print(f"deployed ReportRegistry in transaction {tx_hash}", file=sys.stderr)
     print(address)
     return EXIT_OK
 
 
-def _check_chain(evm: Any, w3: Any, expected: int | None) -> None:
-    if expected is None:
-        return
-    with evm.rpc("reading the chain id"):
-        actual = w3.eth.chain_id
-    if actual != expected:
+def _check_chain(actual: int, expected: int | None) -> None:
+    if expected is not None and actual != expected:
         raise PublishError(f"--chain-id: expected {expected}, the node is on chain {actual}")
 
 
@@ -225,9 +271,13 @@ def cmd_publish(args: argparse.Namespace) -> int:
     evm = _evm()
     from loader.publish.keyfile import read_account_key
 
-    sink = evm.EvmSink(
-        args.rpc_url, args.contract, read_account_key(args.account_key_file), chain_id=args.chain_id
-    )
+    cfg = EvmSettings(args.rpc_url, args.contract, args.account_key_file, args.chain_id)
+    chosen = {
+        name: getattr(args, name)
+        for name in ("confirmations", "replace_after", "max_replacements")
+        if getattr(args, name) is not None
+    }
+    sink = _evm_sink(evm, replace(cfg, **chosen), read_account_key(args.account_key_file))
     delivery = Delivery(Ledger(args.spool), [sink], respect_schedule=args.respect_backoff)
     outcomes = delivery.run(args.timeout)
     sink.close()
@@ -253,7 +303,12 @@ def cmd_publish(args: argparse.Namespace) -> int:
         print(f"{state} {o.digest}: {o.detail}", file=sys.stderr)
     pending = sum(not o.delivered for o in outcomes)
     print(f"{len(outcomes) - pending} delivered, {pending} pending in {args.spool}", file=sys.stderr)
-    return EXIT_OK if ok else EXIT_NOT_PUBLISHED
+    if ok:
+        return EXIT_OK
+    if any(o.node_error for o in outcomes):
+        print("node error: a node answered something malformed or false; see above", file=sys.stderr)
+        return EXIT_NODE_ERROR
+    return EXIT_NOT_PUBLISHED
 
 
 def cmd_report_fetch(args: argparse.Namespace) -> int:
@@ -266,16 +321,13 @@ def cmd_report_fetch(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise LoaderError(f"--digest: {exc}") from None
     w3 = evm.connect(args.rpc_url, min(args.timeout, evm.MAX_RPC_TIMEOUT))
-    _check_chain(evm, w3, args.chain_id)
     registry = evm.Registry(w3, args.contract)
-    registry.check()
     try:
+        _check_chain(registry.check(), args.chain_id)
         found = registry.fetch(digest)
-    except evm.DeliveryError as exc:
-        if exc.permanent:
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_REJECTED
-        raise
+    except evm.DeliveryError as exc:  # unreachable, malformed or false answers: never "not published"
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_NODE_ERROR
     if found is None:
         print(f"error: {args.digest} was never published to {registry.address}", file=sys.stderr)
         return EXIT_REJECTED

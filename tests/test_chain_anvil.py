@@ -61,7 +61,7 @@ def chain_args(node: Anvil, contract: str, key: Path) -> list[str]:
 
 
 def record(spool: Path, digest_hex: str, contract: str) -> dict:
-    path = spool / f"{digest_hex}.evm-{contract.lower()[2:]}.json"
+    path = spool / f"{digest_hex}.evm-31337-{contract.lower()[2:]}.json"
     return json.loads(path.read_text())
 
 
@@ -86,7 +86,10 @@ def test_node_down_during_run_then_publish_delivers_and_fetch_is_byte_identical(
     spool = tmp_path / "job" / "spool"
 
     started = time.monotonic()
-    down = cli("run", "--config", str(config), *chain_args(node, contract, key), "--publish-timeout", "3")
+    down = cli(
+        "run", "--config", str(config), *chain_args(node, contract, key), "--chain-id", "31337",
+        "--publish-timeout", "3",
+    )  # fmt: skip
     assert down.returncode == EXIT_NOT_PUBLISHED, down.stderr
     assert time.monotonic() - started < 30
     assert "NOT PUBLISHED" in down.stderr and "node unreachable" in down.stderr

@@ -23,7 +23,7 @@ from eth_tester.exceptions import TransactionFailed
 from eth_utils import keccak
 from web3.exceptions import ContractLogicError
 
-from loader.publish import embedded, evm
+from loader.publish import embedded, evm, evmtx
 from loader.publish.deliver import Delivery
 from loader.publish.ledger import DeliveryRecord, Ledger
 from loader.publish.sinks import DeliveryError
@@ -204,7 +204,7 @@ def test_crash_after_send_resumes_without_a_second_transaction(
     def crash() -> None:
         raise Crash
 
-    monkeypatch.setattr(evm, "_test_pause", crash)
+    monkeypatch.setattr(evmtx, "_test_pause", crash)
     with pytest.raises(Crash):
         Delivery(ledger, [sink]).run(30)
     record = ledger.record(ledger.entries()[0], sink.id)

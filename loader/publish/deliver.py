@@ -33,6 +33,7 @@ class Outcome:
     delivered: bool
     detail: str
     receipt: dict[str, Any] = field(default_factory=dict)
+    node_error: bool = False
 
 
 @dataclass
@@ -44,6 +45,8 @@ class Delivery:
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
     rng: random.Random = field(default_factory=random.Random)
+    _open_errors: dict[int, DeliveryError] = field(default_factory=dict)
+    _migrated: set[int] = field(default_factory=set)
 
     def run(self, timeout: float) -> list[Outcome]:
         """Deliver until nothing retryable is pending or `timeout` seconds have passed."""
@@ -59,12 +62,35 @@ class Delivery:
         return self.outcomes()
 
     def _targets(self, sink: Sink) -> list[tuple[SpoolEntry, DeliveryRecord]]:
+        assert sink.id is not None
         return [(e, r) for e, r in self.ledger.pending(sink.id) if self.only is None or e.hex in self.only]
+
+    def _open(self, sink: Sink, deadline: float) -> bool:
+        """Connect a sink that needs it (its id may depend on what it finds, e.g. the chain id)
+        and move records kept under its legacy ledger key; False when its id is still unknown."""
+        opener = getattr(sink, "open", None)
+        if opener is not None:
+            try:
+                opener(deadline)
+                self._open_errors.pop(id(sink), None)
+            except DeliveryError as exc:
+                self._open_errors[id(sink)] = exc
+                if sink.id is None:
+                    log.warning("%s: %s", sink.label, exc)
+                    return False
+        legacy = getattr(sink, "legacy_id", None)
+        if legacy and sink.id is not None and id(sink) not in self._migrated:
+            self.ledger.migrate(legacy, sink.migrated_id)  # type: ignore[attr-defined]
+            self._migrated.add(id(sink))
+        return sink.id is not None
 
     def _round(self, deadline: float) -> bool:
         """One pass over every sink's pending reports; True when a retry could help."""
         retry = False
         for sink in self.sinks:
+            if not self._open(sink, deadline):
+                retry |= not self._open_errors[id(sink)].permanent
+                continue
             for entry, record in self._targets(sink):
                 if self.respect_schedule and record.next_attempt > time.time():
                     continue
@@ -96,7 +122,15 @@ class Delivery:
             self._failed(entry, current, exc)
             raise
         self.ledger.write(
-            entry, replace(current, state="delivered", receipt=receipt, last_error=None, next_attempt=0.0)
+            entry,
+            replace(
+                current,
+                state="delivered",
+                receipt=receipt,
+                last_error=None,
+                error_kind=None,
+                next_attempt=0.0,
+            ),
         )
         log.info(
             "%s delivered to %s%s",
@@ -109,7 +143,14 @@ class Delivery:
         attempts = record.attempts + 1
         wait = PERSISTED.delay(attempts, self.rng)
         self.ledger.write(
-            entry, replace(record, attempts=attempts, last_error=str(exc), next_attempt=time.time() + wait)
+            entry,
+            replace(
+                record,
+                attempts=attempts,
+                last_error=str(exc),
+                error_kind=exc.kind,
+                next_attempt=time.time() + wait,
+            ),
         )
         log.warning("%s not delivered (attempt %d): %s", entry.digest, attempts, exc)
 
@@ -119,11 +160,18 @@ class Delivery:
             for entry in self.ledger.entries():
                 if self.only is not None and entry.hex not in self.only:
                     continue
+                if sink.id is None:  # never reached: nothing recorded under a key
+                    exc = self._open_errors.get(id(sink))
+                    detail = str(exc) if exc else "not attempted"
+                    node = bool(exc and exc.node_error)
+                    result.append(Outcome(sink.label, entry.digest, False, detail, node_error=node))
+                    continue
                 record = self.ledger.record(entry, sink.id)
                 detail = (
                     _describe(record.receipt) if record.delivered else (record.last_error or "not attempted")
                 )
-                result.append(Outcome(sink.id, entry.digest, record.delivered, detail, record.receipt))
+                node = not record.delivered and record.error_kind == "node"
+                result.append(Outcome(sink.id, entry.digest, record.delivered, detail, record.receipt, node))
         return result
 
 

@@ -1,10 +1,15 @@
 """The EVM sink: publish reports to a ReportRegistry contract through web3 (the `chain` extra).
 
 Import this module only when a chain is configured: it imports web3 (~0.6 s). Every call to the
-node is bounded by the caller's deadline. Delivery is idempotent twice over: the contract ignores
-a digest it already has, and we ask it (`lookup`) before sending anything. Before sending we
-record the signed transaction's hash (the "intent") so that a publisher killed while waiting for
-the receipt finds that transaction again after a restart instead of sending another.
+node is bounded by the caller's deadline, and every answer is checked (loader.publish.node): a
+digest counts as published only when a ReportPublished log at the configured contract, on the
+configured chain, holds bytes that hash to it, in a block with the required confirmations.
+What a node merely claims (lookup's block number, a log with other bytes) counts for nothing.
+
+Delivery is idempotent twice over: the contract ignores a digest it already has, and we look
+for the log before sending anything. Before each transaction (and each replacement of a stuck
+one, loader.publish.evmtx) we record its hash (the "intent") so that a publisher killed while
+waiting finds those transactions again after a restart instead of sending another.
 
 The operator key is used only to sign, locally; it is never sent, logged or put in an error.
 TRUSTED_LOADER_TEST_PAUSE_AFTER_SEND (seconds) pauses right after a transaction is sent, before
@@ -13,13 +18,11 @@ its receipt is recorded: the crash tests use it to kill the publisher in that wi
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
-import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -29,26 +32,45 @@ from loader.errors import ReportError
 from loader.publish import recursion_limit_kept
 
 with recursion_limit_kept():
-    import requests
+    from eth_abi import decode as abi_decode
     from eth_account import Account
     from eth_account.signers.local import LocalAccount
     from web3 import HTTPProvider, Web3
-    from web3 import exceptions as w3x
     from web3.middleware import ExtraDataToPOAMiddleware
 
+from loader.publish.evmtx import (
+    FEE_FIELDS,
+    TEST_PAUSE_ENV,
+    Attempts,
+    Replacement,
+    drive,
+    known,
+    send_transaction,
+    wait_any,
+)
 from loader.publish.keyfile import OperatorKey
 from loader.publish.ledger import DeliveryRecord
+from loader.publish.node import (
+    REVERTS,
+    NodeError,
+    address,
+    fixed_bytes,
+    mapping,
+    node_label,
+    redact_url,
+    rpc,
+    uint,
+)
 from loader.publish.sinks import DeliveryError, SaveIntent
 from loader.publish.subject import report_subject
+
+__all__ = ["REVERTS", "TEST_PAUSE_ENV", "DeliveryError", "NodeError", "rpc", "send_transaction"]
 
 log = logging.getLogger("trusted-loader")
 
 ARTIFACT = "ReportRegistry.json"
-TEST_PAUSE_ENV = "TRUSTED_LOADER_TEST_PAUSE_AFTER_SEND"
 MAX_RPC_TIMEOUT = 30.0
-GAS_MARGIN = 1.2
-# Exceptions meaning "the contract reverted"; the embedded chain adds eth-tester's own.
-REVERTS: list[type[Exception]] = [w3x.ContractLogicError]
+MAX_CONFIRMATIONS = 10_000
 
 
 @cache
@@ -62,35 +84,6 @@ def _remaining(deadline: float) -> float:
     if left <= 0:
         raise DeliveryError("publish timeout reached", unavailable=True)
     return left
-
-
-@contextlib.contextmanager
-def rpc(what: str) -> Iterator[None]:
-    """Turn the exceptions of web3 and requests into one-line DeliveryErrors."""
-    try:
-        yield
-    except DeliveryError:
-        raise
-    except (
-        requests.ConnectionError,
-        requests.Timeout,
-        w3x.ProviderConnectionError,
-        w3x.RequestTimedOut,
-    ) as exc:
-        raise DeliveryError(f"{what}: node unreachable ({type(exc).__name__})", unavailable=True) from None
-    except w3x.TimeExhausted:
-        raise DeliveryError(f"{what}: no receipt before the timeout", unavailable=True) from None
-    except tuple(REVERTS) as exc:
-        raise DeliveryError(f"{what}: the contract refused: {_first_line(exc)}", permanent=True) from None
-    except requests.RequestException as exc:
-        raise DeliveryError(f"{what}: HTTP request failed ({type(exc).__name__})", unavailable=True) from None
-    except (w3x.Web3Exception, ValueError, KeyError) as exc:
-        raise DeliveryError(f"{what}: {_first_line(exc)}") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc)
-    return text.splitlines()[0][:300] if text.strip() else type(exc).__name__
 
 
 def connect(rpc_url: str, timeout: float = 10.0) -> Web3:
@@ -109,6 +102,12 @@ def _with_middleware(w3: Web3) -> Web3:
     return w3
 
 
+def chain_id_of(w3: Web3) -> int:
+    node = node_label(w3)
+    with rpc(node, "eth_chainId"):
+        return uint(w3.eth.chain_id, node, "eth_chainId", "result")
+
+
 def account_of(key: OperatorKey) -> LocalAccount:
     try:
         return Account.from_key(key.secret())
@@ -123,71 +122,16 @@ def to_bytes32(digest: str) -> bytes:
     return bytes.fromhex(hexpart)
 
 
-@dataclass(frozen=True)
-class Sent:
-    tx_hash: str
-    block: int
-    receipt: Any
-
-
-def send_transaction(
-    w3: Web3,
-    account: LocalAccount,
-    fields: dict[str, Any],
-    *,
-    deadline: float,
-    on_signed: Callable[[str, int], None] | None = None,
-) -> Sent:
-    """Fill chain id, nonce, gas and fees; sign locally; send; wait for a successful receipt."""
-    with rpc("preparing the transaction"):
-        tx: dict[str, Any] = {"from": account.address, "value": 0, **fields}
-        tx["chainId"] = w3.eth.chain_id
-        tx["nonce"] = w3.eth.get_transaction_count(account.address, "pending")
-        tx["gas"] = int(w3.eth.estimate_gas(tx) * GAS_MARGIN)
-        tx.update(_fees(w3))
-    signed = account.sign_transaction(tx)
-    tx_hash = "0x" + bytes(signed.hash).hex()
-    if on_signed is not None:
-        on_signed(tx_hash, tx["nonce"])
-    with rpc("sending the transaction"):
-        w3.eth.send_raw_transaction(signed.raw_transaction)
-    log.info("sent transaction %s (nonce %d, gas %d)", tx_hash, tx["nonce"], tx["gas"])
-    _test_pause()
-    return wait_receipt(w3, tx_hash, deadline=deadline)
-
-
-def _fees(w3: Web3) -> dict[str, int]:
-    base = w3.eth.get_block("latest").get("baseFeePerGas")
-    if base is None:
-        return {"gasPrice": w3.eth.gas_price}
-    try:
-        tip = w3.eth.max_priority_fee
-    except (w3x.Web3Exception, ValueError):
-        tip = 10**9
-    return {"maxFeePerGas": 2 * base + tip, "maxPriorityFeePerGas": tip}
-
-
-def _test_pause() -> None:
-    pause = os.environ.get(TEST_PAUSE_ENV)
-    if pause:
-        time.sleep(float(pause))
-
-
-def wait_receipt(w3: Web3, tx_hash: str, *, deadline: float) -> Sent:
-    with rpc(f"waiting for {tx_hash}"):
-        receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=_remaining(deadline), poll_latency=0.2)
-    if receipt["status"] != 1:
-        raise DeliveryError(f"transaction {tx_hash} reverted in block {receipt['blockNumber']}")
-    return Sent(tx_hash, receipt["blockNumber"], receipt)
-
-
 def deploy(w3: Web3, key: OperatorKey, *, deadline: float) -> tuple[str, str]:
     """Deploy a ReportRegistry; returns (contract address, transaction hash)."""
     account = account_of(key)
     sent = send_transaction(w3, account, {"data": artifact()["bytecode"]}, deadline=deadline)
-    address = sent.receipt["contractAddress"]
-    log.info("deployed ReportRegistry at %s in block %d", address, sent.block)
-    return Web3.to_checksum_address(address), sent.tx_hash
+    node = node_label(w3)
+    contract = address(
+        sent.receipt.get("contractAddress"), node, "eth_getTransactionReceipt", "contractAddress"
+    )
+    log.info("deployed ReportRegistry at %s in block %d", contract, sent.block)
+    return contract, sent.tx_hash
 
 
 @dataclass(frozen=True)
@@ -200,23 +144,28 @@ class Published:
 
 
 class Registry:
-    """Read access to a ReportRegistry at `address`, checked to be one."""
+    """Read access to a ReportRegistry at `address`, checked to be one; every answer checked."""
 
-    def __init__(self, w3: Web3, address: str) -> None:
-        if not Web3.is_address(address):
+    def __init__(self, w3: Web3, contract: str) -> None:
+        if not Web3.is_address(contract):
             raise DeliveryError(
-                f"--contract: expected a 0x-prefixed 20-byte address, found {address!r}", permanent=True
+                f"--contract: expected a 0x-prefixed 20-byte address, found {contract!r}", permanent=True
             )
         self.w3 = w3
-        self.address = Web3.to_checksum_address(address)
+        self.node = node_label(w3)
+        self.address = Web3.to_checksum_address(contract)
         self.contract = w3.eth.contract(address=self.address, abi=artifact()["abi"])
         self.event = self.contract.events.ReportPublished()
+        self.topic = bytes.fromhex(str(self.event.topic).removeprefix("0x"))
+
+    def chain_id(self) -> int:
+        return chain_id_of(self.w3)
 
     def check(self) -> int:
         """Refuse anything but our contract's exact runtime code; return the chain id."""
-        with rpc(f"reading the contract at {self.address}"):
-            code = bytes(self.w3.eth.get_code(self.address))
-            chain_id = self.w3.eth.chain_id
+        chain_id = self.chain_id()
+        with rpc(self.node, "eth_getCode"):
+            code = fixed_bytes(self.w3.eth.get_code(self.address), 0, self.node, "eth_getCode", "result")
         if not code:
             raise DeliveryError(f"no contract at {self.address} on chain {chain_id}", permanent=True)
         if code != bytes.fromhex(artifact()["deployedBytecode"][2:]):
@@ -228,49 +177,107 @@ class Registry:
         return chain_id
 
     def lookup(self, digest: bytes) -> tuple[int, str, bytes]:
-        with rpc("looking up the digest"):
-            block, publisher, subject = self.contract.functions.lookup(digest).call()
-        return block, publisher, bytes(subject)
+        """What the contract says (through the node): a hint where to look, never proof."""
+        with rpc(self.node, "eth_call lookup"):
+            answer = self.contract.functions.lookup(digest).call()
+            if not isinstance(answer, list | tuple) or len(answer) != 3:
+                raise NodeError(f"node {self.node}: eth_call lookup: expected 3 values, found {answer!r:.60}")
+            block = uint(answer[0], self.node, "eth_call lookup", "blockNumber")
+            publisher = address(answer[1], self.node, "eth_call lookup", "publisher")
+            subject = fixed_bytes(answer[2], 32, self.node, "eth_call lookup", "subject")
+        return block, publisher, subject
+
+    def block_number(self) -> int:
+        with rpc(self.node, "eth_blockNumber"):
+            return uint(self.w3.eth.block_number, self.node, "eth_blockNumber", "result")
 
     def find(self, digest: bytes) -> Published | None:
-        """The ReportPublished event for `digest`, from the block the contract recorded."""
+        """The ReportPublished log for `digest`, checked: at this contract, with this event and
+        digest, in the block the contract recorded, and holding bytes that hash to `digest`.
+        None when the contract says it was never published; NodeError when the node's answers
+        do not add up."""
         block, publisher, subject = self.lookup(digest)
         if block == 0:
             return None
-        with rpc(f"reading the event log of block {block}"):
-            logs = self.w3.eth.get_logs(
-                {
-                    "address": self.address,
-                    "topics": [self.event.topic, "0x" + digest.hex()],
-                    "fromBlock": block,
-                    "toBlock": block,
-                }
+        query = {
+            "address": self.address,
+            "topics": ["0x" + self.topic.hex(), "0x" + digest.hex()],
+            "fromBlock": block,
+            "toBlock": block,
+        }
+        with rpc(self.node, "eth_getLogs"):
+            logs = self.w3.eth.get_logs(query)  # type: ignore[arg-type]
+            if not isinstance(logs, list | tuple):
+                raise NodeError(
+                    f"node {self.node}: eth_getLogs: expected a list, found {type(logs).__name__}"
+                )
+            found = [self._checked_log(entry, digest, block, i) for i, entry in enumerate(logs)]
+        if len(found) != 1:
+            raise NodeError(
+                f"node {self.node}: eth_getLogs: the contract records sha256:{digest.hex()} in block "
+                f"{block}, but the node returned {len(found)} ReportPublished logs for it (expected one)"
             )
-            events = [self.event.process_log(entry) for entry in logs]
-        if len(events) != 1:
-            raise DeliveryError(f"block {block}: expected one ReportPublished event, found {len(events)}")
-        ev = events[0]
-        return Published(
-            tx_hash="0x" + bytes(ev["transactionHash"]).hex(),
-            block=block,
-            publisher=publisher,
-            subject=subject,
-            report=bytes(ev["args"]["report"]),
-        )
+        [event] = found
+        if (event.publisher, event.subject) != (publisher, subject):
+            raise NodeError(
+                f"node {self.node}: eth_getLogs: the log's publisher or subject differs from what "
+                f"eth_call lookup returned for sha256:{digest.hex()}"
+            )
+        return event
+
+    def _checked_log(self, entry: Any, digest: bytes, block: int, index: int) -> Published:
+        method, node = "eth_getLogs", self.node
+        where = f"log {index}"
+        entry = mapping(entry, node, method, where)
+        if entry.get("removed", False) is not False:
+            raise NodeError(f"node {node}: {method}: {where}: removed (reorganised away)")
+        if address(entry.get("address"), node, method, f"{where}.address") != self.address:
+            raise NodeError(f"node {node}: {method}: {where}.address: not the contract {self.address}")
+        topics = entry.get("topics")
+        if not isinstance(topics, list | tuple) or len(topics) != 4:
+            raise NodeError(f"node {node}: {method}: {where}.topics: expected 4 topics")
+        topics = [fixed_bytes(t, 32, node, method, f"{where}.topics[{i}]") for i, t in enumerate(topics)]
+        if topics[0] != self.topic or topics[1] != digest:
+            raise NodeError(f"node {node}: {method}: {where}: not a ReportPublished log for this digest")
+        if uint(entry.get("blockNumber"), node, method, f"{where}.blockNumber") != block:
+            raise NodeError(f"node {node}: {method}: {where}.blockNumber: not the block asked for ({block})")
+        tx_hash = fixed_bytes(entry.get("transactionHash"), 32, node, method, f"{where}.transactionHash")
+        data = fixed_bytes(entry.get("data"), 0, node, method, f"{where}.data")
+        try:
+            (report,) = abi_decode(["bytes"], data, strict=True)
+        except Exception:
+            raise NodeError(f"node {node}: {method}: {where}.data: not an ABI-encoded bytes value") from None
+        actual = hashlib.sha256(report).hexdigest()
+        if actual != digest.hex():
+            raise NodeError(
+                f"node {node}: {method}: {where}: the logged report hashes to sha256:{actual}, "
+                f"not sha256:{digest.hex()}: the node's answer is false"
+            )
+        if any(topics[3][:12]):
+            raise NodeError(f"node {node}: {method}: {where}.topics[3]: not an address")
+        publisher = Web3.to_checksum_address(topics[3][12:])
+        return Published("0x" + tx_hash.hex(), block, publisher, topics[2], bytes(report))
 
     def fetch(self, digest: bytes) -> Published | None:
-        """The published report, checked to hash to `digest`."""
-        found = self.find(digest)
-        if found is not None and hashlib.sha256(found.report).digest() != digest:
-            raise DeliveryError(
-                f"the report in transaction {found.tx_hash} does not hash to sha256:{digest.hex()}",
-                permanent=True,
+        """The published report, checked to hash to `digest` (see find)."""
+        return self.find(digest)
+
+    def confirmations(self, found: Published) -> int:
+        """How many blocks (its own included) stand on `found`."""
+        latest = self.block_number()
+        if latest < found.block:
+            raise NodeError(
+                f"node {self.node}: eth_blockNumber: {latest}, "
+                f"below the block {found.block} it logged the report in"
             )
-        return found
+        return latest - found.block + 1
 
 
 class EvmSink:
-    """Publishes to one ReportRegistry; connects (and checks the chain) on first use."""
+    """Publishes to one ReportRegistry on one chain; connects (and checks the chain) on first use.
+
+    Its id (the ledger key) is `evm-<chain id>-<contract>`: known up front when the chain id is
+    configured, else after the first connection (`open`)."""
 
     def __init__(
         self,
@@ -280,19 +287,51 @@ class EvmSink:
         *,
         chain_id: int | None = None,
         w3: Web3 | None = None,
+        confirmations: int = 1,
+        replacement: Replacement | None = None,
     ) -> None:
         if not Web3.is_address(contract):
             raise DeliveryError(
                 f"--contract: expected a 0x-prefixed 20-byte address, found {contract!r}", permanent=True
             )
+        if not 1 <= confirmations <= MAX_CONFIRMATIONS:
+            raise DeliveryError(
+                f"confirmations: expected 1..{MAX_CONFIRMATIONS}, found {confirmations}", permanent=True
+            )
         self.rpc_url, self.expected_chain = rpc_url, chain_id
         self.key = key
-        self.id = "evm-" + contract.lower().removeprefix("0x")
-        self.label = f"contract {Web3.to_checksum_address(contract)} via {_redact_url(rpc_url)}"
         self.contract = contract
+        self.label = f"contract {Web3.to_checksum_address(contract)} via {redact_url(rpc_url)}"
+        self.confirmations = confirmations
+        self.replacement = replacement or Replacement()
         self._w3 = w3
         self._registry: Registry | None = None
-        self.chain_id: int | None = None
+        self.chain_id: int | None = chain_id
+
+    @property
+    def legacy_id(self) -> str:
+        """The ledger key before the chain id was part of it (records are migrated on open)."""
+        return "evm-" + self.contract.lower().removeprefix("0x")
+
+    @property
+    def id(self) -> str | None:
+        if self.chain_id is None:
+            return None
+        return f"evm-{self.chain_id}-{self.contract.lower().removeprefix('0x')}"
+
+    def open(self, deadline: float) -> None:
+        self._ready(deadline)
+
+    def migrated_id(self, record: DeliveryRecord) -> str:
+        """The new ledger key of a legacy record: the chain its receipt or intent names, else
+        the chain this sink is on (a record without either never reached a chain)."""
+        chain = self.chain_id
+        for source in (record.receipt, record.intent or {}):
+            named = source.get("chain_id") if isinstance(source, dict) else None
+            if isinstance(named, int) and not isinstance(named, bool) and named >= 0:
+                chain = named
+                break
+        return f"evm-{chain}-{self.contract.lower().removeprefix('0x')}"
 
     def _ready(self, deadline: float) -> Registry:
         if self._registry is None:
@@ -314,10 +353,12 @@ class EvmSink:
         registry = self._ready(deadline)
         digest = hashlib.sha256(report).digest()
         found = registry.find(digest)
-        if found is None and record.intent and record.intent.get("chain_id") == self.chain_id:
-            found = self._resume(registry, digest, record.intent["tx_hash"], deadline)
+        intent = _intent_of(record, self.chain_id)
+        stuck = False
+        if found is None and intent is not None:
+            found, stuck = self._resume(registry, digest, intent, deadline)
         if found is not None:
-            return self._receipt(found, already=True)
+            return self._confirmed(registry, found, already=not _ours(found, intent))
         try:
             subject = report_subject(report)
         except ReportError as exc:
@@ -325,44 +366,64 @@ class EvmSink:
                 f"the spooled file is not a report this loader publishes: {exc}", permanent=True
             ) from None
         data = registry.contract.encode_abi("publish", args=(digest, subject, report))
+        account = account_of(self.key)
 
-        def on_signed(tx_hash: str, nonce: int) -> None:
-            save_intent({"tx_hash": tx_hash, "nonce": nonce, "chain_id": self.chain_id})
+        def on_attempt(attempts: Attempts) -> None:
+            save_intent(attempts.intent(self.chain_id))
 
-        sent = send_transaction(
-            registry.w3,
-            account_of(self.key),
-            {"to": registry.address, "data": data},
-            deadline=deadline,
-            on_signed=on_signed,
-        )
+        carried = _carry_on(intent, account.address, registry.address, data) if stuck else None
+        if carried is not None:
+            sent = drive(
+                registry.w3,
+                account,
+                carried,
+                deadline=deadline,
+                policy=self.replacement,
+                on_attempt=on_attempt,
+            )
+        else:
+            sent = send_transaction(
+                registry.w3,
+                account,
+                {"to": registry.address, "data": data},
+                deadline=deadline,
+                policy=self.replacement,
+                on_attempt=on_attempt,
+            )
         found = registry.find(digest)
         if found is None:
-            raise DeliveryError(f"transaction {sent.tx_hash} was mined but the registry has no entry")
-        return self._receipt(found, already=found.tx_hash != sent.tx_hash)
+            raise NodeError(
+                f"node {registry.node}: eth_call lookup: transaction {sent.tx_hash} was mined "
+                "but the registry has no entry"
+            )
+        return self._confirmed(registry, found, already=found.tx_hash != sent.tx_hash)
 
-    def _resume(self, registry: Registry, digest: bytes, tx_hash: str, deadline: float) -> Published | None:
-        """After a crash: wait for our own earlier transaction if the node still has it."""
-        with rpc(f"looking for transaction {tx_hash}"):
-            try:
-                tx = registry.w3.eth.get_transaction(tx_hash)
-            except w3x.TransactionNotFound:
-                return None
-        log.info(
-            "resuming: transaction %s from an earlier attempt is %s",
-            tx_hash,
-            "pending" if tx.get("blockNumber") is None else "mined",
-        )
-        with contextlib.suppress(DeliveryError):
-            wait_receipt(registry.w3, tx_hash, deadline=deadline)
-        return registry.find(digest)
+    def _resume(
+        self, registry: Registry, digest: bytes, intent: Mapping[str, Any], deadline: float
+    ) -> tuple[Published | None, bool]:
+        """After a crash: wait (up to replace_after) for our earlier attempts if the node still
+        knows one; (what the chain then shows, whether an attempt is still pending)."""
+        hashes = [a["tx_hash"] for a in intent["attempts"]]
+        if not any(known(registry.w3, h) for h in hashes):
+            return None, False
+        log.info("resuming: an earlier attempt is known to the node (%s)", ", ".join(hashes))
+        until = min(deadline, time.monotonic() + self.replacement.replace_after)
+        mined = wait_any(registry.w3, hashes, until=until)
+        return registry.find(digest), mined is None
 
-    def _receipt(self, found: Published, *, already: bool) -> dict[str, Any]:
+    def _confirmed(self, registry: Registry, found: Published, *, already: bool) -> dict[str, Any]:
+        depth = registry.confirmations(found)
+        if depth < self.confirmations:
+            raise DeliveryError(
+                f"sha256:{hashlib.sha256(found.report).hexdigest()} is in block {found.block} with "
+                f"{depth} of the {self.confirmations} confirmations required; waiting"
+            )
         return {
             "chain_id": self.chain_id,
-            "contract": self._registry.address if self._registry else self.contract,
+            "contract": registry.address,
             "tx_hash": found.tx_hash,
             "block": found.block,
+            "confirmations": depth,
             "publisher": found.publisher,
             "subject": found.subject.hex(),
             "already": already,
@@ -372,11 +433,34 @@ class EvmSink:
         self._registry = None
 
 
-def _redact_url(url: str) -> str:
-    """Only scheme, host and port: API keys ride in the userinfo, path or query of RPC URLs."""
-    from urllib.parse import urlsplit
+def _intent_of(record: DeliveryRecord, chain_id: int | None) -> dict[str, Any] | None:
+    """The record's intent when it is for this chain, normalised to a list of attempts."""
+    intent = record.intent
+    if not isinstance(intent, dict) or intent.get("chain_id") != chain_id:
+        return None
+    attempts = intent.get("attempts")
+    if not isinstance(attempts, list):
+        attempts = [{"tx_hash": intent.get("tx_hash")}]
+    good = [a for a in attempts if isinstance(a, dict) and _is_tx_hash(a.get("tx_hash"))]
+    return {**intent, "attempts": good} if good else None
 
-    parts = urlsplit(url)
-    host = parts.hostname or "?"
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}"
+
+def _carry_on(intent: Mapping[str, Any] | None, sender: str, to: str, data: str) -> Attempts | None:
+    """The stuck transaction of an earlier run, rebuilt from its intent to be replaced."""
+    if intent is None:
+        return None
+    last = intent["attempts"][-1]
+    fees = {k: last[k] for k in FEE_FIELDS if isinstance(last.get(k), int)}
+    nonce, gas, chain = intent.get("nonce"), intent.get("gas"), intent.get("chain_id")
+    if not fees or not all(isinstance(v, int) for v in (nonce, gas, chain)):
+        return None
+    tx = {"from": sender, "value": 0, "to": to, "data": data, "chainId": chain, "nonce": nonce, "gas": gas}
+    return Attempts({**tx, **fees}, list(intent["attempts"]))
+
+
+def _is_tx_hash(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 66 and value.startswith("0x")
+
+
+def _ours(found: Published, intent: Mapping[str, Any] | None) -> bool:
+    return intent is not None and any(a["tx_hash"] == found.tx_hash for a in intent["attempts"])

@@ -22,7 +22,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -78,6 +78,7 @@ class DeliveryRecord:
     updated: str = ""
     intent: dict[str, Any] | None = None
     receipt: dict[str, Any] = field(default_factory=dict)
+    error_kind: str | None = None
 
     @property
     def delivered(self) -> bool:
@@ -95,6 +96,7 @@ class DeliveryRecord:
             "updated": self.updated,
             "intent": self.intent,
             "receipt": self.receipt,
+            "error_kind": self.error_kind,
         }
 
     @classmethod
@@ -111,11 +113,14 @@ class DeliveryRecord:
             updated=doc["updated"],
             intent=doc["intent"],
             receipt=doc["receipt"],
+            error_kind=doc.get("error_kind"),
         )
         kinds = {"sink": str, "digest": str, "state": str, "attempts": int, "next_attempt": (int, float)}
         for name, kind in kinds.items():
             if not isinstance(getattr(record, name), kind):
                 raise ValueError(f"{name}: wrong type")
+        if record.error_kind is not None and not isinstance(record.error_kind, str):
+            raise ValueError("error_kind: wrong type")
         if record.state not in ("pending", "delivered"):
             raise ValueError(f"state: expected pending or delivered, found {record.state!r}")
         return record
@@ -179,6 +184,28 @@ class Ledger:
         text = json.dumps(record.to_json(), indent=2, sort_keys=True) + "\n"
         atomic_write(self._record_path(entry, sink=record.sink), text.encode("utf-8"), mode=0o600)
         return record
+
+    def migrate(self, old: str, new_of: Callable[[DeliveryRecord], str]) -> int:
+        """Re-key every record of sink `old` to `new_of(record)`, as pending: the new sink checks
+        the destination again before it counts anything as delivered. A record already present
+        under the new key wins. Returns how many were moved."""
+        moved = 0
+        for entry in self.entries():
+            path = self._record_path(entry, old)
+            if not path.exists():
+                continue
+            record = self.record(entry, old)
+            new = new_of(record)
+            if not (self._record_path(entry, new)).exists():
+                note = f"migrated from ledger key {old}; checking the destination again"
+                self.write(
+                    entry, replace(record, sink=new, state="pending", last_error=note, next_attempt=0.0)
+                )
+                moved += 1
+            path.unlink()
+        if moved:
+            log.info("migrated %d delivery record(s) from %s", moved, old)
+        return moved
 
     def pending(self, sink: str) -> list[tuple[SpoolEntry, DeliveryRecord]]:
         pairs = [(entry, self.record(entry, sink)) for entry in self.entries()]

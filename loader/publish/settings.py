@@ -6,6 +6,9 @@ contract = "0x..."                 # a ReportRegistry (see `trusted-loader chain
 account_key_file = "operator.key"  # hex private key, mode 0600 (relative to this file)
 chain_id = 204                     # optional: refuse a node on another chain
 timeout = 60                       # seconds `run` spends publishing before exit code 6
+confirmations = 1                  # blocks (its own included) on the report's log (docs/publishing.md)
+replace_after = 30                 # seconds before a stuck transaction is replaced (same nonce, +25 % fees)
+max_replacements = 3               # at most this many replacements per transaction
 
 [publish.file]
 dir = "/var/lib/trusted-loader/outbox"
@@ -30,6 +33,9 @@ class EvmSettings:
     contract: str
     account_key_file: Path | None
     chain_id: int | None = None
+    confirmations: int = 1
+    replace_after: float = 30.0
+    max_replacements: int = 3
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,13 @@ def _key_file(section: _Section, base: Path) -> Path:
     return path
 
 
+def _bounded(section: _Section, key: str, kind: Any, low: float, high: float, default: Any) -> Any:
+    value = section.get(key, kind, default)
+    if isinstance(value, bool) or not low <= value <= high:
+        raise section.error(key, f"expected a number from {low} to {high}, found {value}")
+    return value
+
+
 def parse_publish(section: _Section, base: Path) -> PublishSettings:
     evm_section = section.table("evm")
     evm, timeout = None, DEFAULT_TIMEOUT
@@ -60,6 +73,9 @@ def parse_publish(section: _Section, base: Path) -> PublishSettings:
             contract=evm_section.get("contract", str),
             account_key_file=_key_file(evm_section, base),
             chain_id=evm_section.get("chain_id", int, None),
+            confirmations=_bounded(evm_section, "confirmations", int, 1, 10_000, 1),
+            replace_after=float(_bounded(evm_section, "replace_after", (int, float), 1, 3600, 30)),
+            max_replacements=_bounded(evm_section, "max_replacements", int, 0, 10, 3),
         )
         timeout = evm_section.get("timeout", (int, float), DEFAULT_TIMEOUT)
         if not 0 < timeout <= MAX_TIMEOUT:
@@ -76,6 +92,8 @@ def parse_publish(section: _Section, base: Path) -> PublishSettings:
 
 def override(settings: PublishSettings, args: Any) -> PublishSettings:
     """Apply --rpc-url/--contract/--account-key-file/--chain-id/--publish-timeout over the config."""
+    from dataclasses import replace
+
     evm = settings.evm
     if args.rpc_url or args.contract or args.account_key_file or args.chain_id is not None:
         rpc_url = args.rpc_url or (evm.rpc_url if evm else None)
@@ -86,6 +104,9 @@ def override(settings: PublishSettings, args: Any) -> PublishSettings:
             from loader.errors import ConfigError
 
             raise ConfigError("publishing to a chain needs --rpc-url, --contract and --account-key-file")
-        evm = EvmSettings(rpc_url, contract, key_file, chain_id)
+        base = evm or EvmSettings(rpc_url, contract, key_file)
+        evm = replace(base, rpc_url=rpc_url, contract=contract, account_key_file=key_file, chain_id=chain_id)
+    if evm is not None and getattr(args, "confirmations", None) is not None:
+        evm = replace(evm, confirmations=args.confirmations)
     timeout = args.publish_timeout if args.publish_timeout is not None else settings.timeout
     return PublishSettings(evm=evm, file_dir=settings.file_dir, timeout=timeout)

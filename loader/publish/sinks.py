@@ -20,16 +20,30 @@ SaveIntent = Callable[[dict[str, Any]], None]
 
 class DeliveryError(PublishError):
     """A delivery failed. `unavailable`: the sink cannot be reached, so skip its other reports
-    this round; `permanent`: retrying with the same settings will not help."""
+    this round; `permanent`: retrying with the same settings will not help; `node_error`: the
+    peer answered something malformed or false (the commands' "node error" exit code)."""
 
-    def __init__(self, message: str, *, unavailable: bool = False, permanent: bool = False) -> None:
+    def __init__(
+        self, message: str, *, unavailable: bool = False, permanent: bool = False, node_error: bool = False
+    ) -> None:
         super().__init__(message)
         self.unavailable = unavailable
         self.permanent = permanent
+        self.node_error = node_error
+
+    @property
+    def kind(self) -> str:
+        if self.node_error:
+            return "node"
+        return "permanent" if self.permanent else "unavailable" if self.unavailable else "retry"
 
 
 class Sink(Protocol):
-    id: str
+    """`id` is the ledger key; None until `open` (when a sink has one) has learnt it."""
+
+    @property
+    def id(self) -> str | None: ...
+
     label: str
 
     def deliver(
