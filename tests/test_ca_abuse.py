@@ -11,6 +11,8 @@ import time
 from urllib.parse import urlsplit
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from attestation.evidence import Evidence
 from certs import jsonlimits, wire
@@ -203,3 +205,20 @@ def test_honest_cvms_enroll_while_abusers_flood(ca_dir):
     refused = json.loads(raw)["refused"]
     assert refused.get("rate_limited", 0) > 0 and refused.get("payload_too_large", 0) > 0, refused
     assert ca.nonces.outstanding == 20  # only the honest enrollments spent a nonce
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(alphabet='ab"\\\\[]{},: \u00e9', max_size=12),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(_json_values)
+def test_the_value_count_never_changes_what_parses(doc) -> None:
+    raw = json.dumps(doc).encode()
+    assert jsonlimits.loads(raw, max_values=10**6) == jsonlimits.loads(raw)
+    containers = raw.count(b"[") + raw.count(b"{")  # upper bound: brackets inside strings too
+    skeleton = jsonlimits.check_values(raw, 10**6)
+    assert skeleton.count(b"[") + skeleton.count(b"{") <= containers
+    assert jsonlimits.nesting_depth(skeleton) == jsonlimits.nesting_depth(raw)

@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("web3", reason="the chain tests need the chain extra (web3)")
 
@@ -23,6 +25,7 @@ from loader.publish.deliver import Delivery
 from loader.publish.evmtx import Replacement
 from loader.publish.keyfile import read_account_key
 from loader.publish.ledger import Ledger
+from loader.publish.node import NodeError
 from tests.chain_helpers import Anvil, cli, key_file, require_anvil, rpc
 from tests.lying_node import LyingNode
 from tests.test_chain_anvil import deploy, only_report, record, spool_job
@@ -238,3 +241,22 @@ def _wait_for_attempts(spool: Path, digest_hex: str, contract: str, count: int) 
             return attempts
         time.sleep(0.05)
     raise AssertionError(f"fewer than {count} attempts recorded within 30 s")
+
+
+# --- the log checker, fuzzed ---------------------------------------------------------------
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20) | st.binary(max_size=40),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+_LOG_KEYS = ("address", "topics", "data", "blockNumber", "transactionHash", "removed")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.sampled_from(_LOG_KEYS), _json) | _json)
+def test_any_log_a_node_can_send_is_a_node_error_never_a_crash(entry) -> None:
+    registry = evm.Registry(evm.connect("http://127.0.0.1:9"), "0x5FbDB2315678afecb367f032d93F642f64180aa3")
+    with pytest.raises(NodeError) as info:
+        registry._checked_log(entry, b"\x11" * 32, 7, 0)
+    assert str(info.value).startswith("node http://127.0.0.1:9: eth_getLogs: log 0")
