@@ -290,6 +290,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
                     "digest": o.digest,
                     "sink": o.sink,
                     "delivered": o.delivered,
+                    "node_error": o.node_error,
                     "detail": o.detail,
                     "receipt": o.receipt,
                 }

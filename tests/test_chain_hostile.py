@@ -152,7 +152,8 @@ def test_cli_on_a_log_whose_address_is_a_list_says_node_error_not_a_traceback(an
         published = cli("publish", "--spool", str(spool), *args, "--timeout", "2")
         assert published.returncode == EXIT_NODE_ERROR, published.stderr
         _no_traceback(published)
-        assert json.loads(published.stdout)["reports"][0]["delivered"] is False
+        [entry] = json.loads(published.stdout)["reports"]
+        assert entry["delivered"] is False and entry["node_error"] is True
 
 
 def test_confirmations_are_waited_for(anvil, setup, tmp_path) -> None:
@@ -260,3 +261,49 @@ def test_any_log_a_node_can_send_is_a_node_error_never_a_crash(entry) -> None:
     with pytest.raises(NodeError) as info:
         registry._checked_log(entry, b"\x11" * 32, 7, 0)
     assert str(info.value).startswith("node http://127.0.0.1:9: eth_getLogs: log 0")
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_a_publisher_restarted_while_its_transaction_is_stuck_replaces_it_with_the_same_nonce(
+    tmp_path, monkeypatch
+) -> None:
+    from loader.publish import evmtx
+
+    node = Anvil(require_anvil()).start()
+    try:
+        key = key_file(tmp_path)
+        contract = deploy(node, key)
+        spool = spool_job(tmp_path / "job")
+        digest_hex, _ = only_report(spool)
+        rpc(node.url, "evm_setAutomine", [False])
+
+        def crash() -> None:
+            raise _Crash
+
+        monkeypatch.setattr(evmtx, "_test_pause", crash)  # killed right after the first send
+        with pytest.raises(_Crash):
+            Delivery(Ledger(spool), [_sink(node.url, contract, key)]).run(30)
+        monkeypatch.undo()
+        [first] = record(spool, digest_hex, contract)["intent"]["attempts"]
+        _wait_in_pool(node, first["tx_hash"])  # pending, nothing mines it: stuck
+
+        sink = _sink(node.url, contract, key, replacement=Replacement(replace_after=0.5, max_replacements=2))
+        outcomes: list = []
+        restarted = threading.Thread(target=lambda: outcomes.extend(Delivery(Ledger(spool), [sink]).run(60)))
+        restarted.start()
+        attempts = _wait_for_attempts(spool, digest_hex, contract, 2)
+        _wait_in_pool(node, attempts[1]["tx_hash"])
+        rpc(node.url, "evm_mine")
+        restarted.join(60)
+        [outcome] = outcomes
+        assert outcome.delivered, outcome.detail
+        intent = record(spool, digest_hex, contract)["intent"]
+        assert intent["attempts"][0]["tx_hash"] == first["tx_hash"] and len(intent["attempts"]) >= 2
+        assert intent["attempts"][1]["maxFeePerGas"] > first["maxFeePerGas"]
+        assert outcome.receipt["tx_hash"] == attempts[1]["tx_hash"]
+        assert node.nonce() == 2  # the deployment and one publication: the same nonce was reused
+    finally:
+        node.stop()
