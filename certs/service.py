@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import ipaddress
 import json
 import logging
 import threading
@@ -153,9 +155,14 @@ def _refuse(request: web.Request, code: str, reason: str, details: tuple[str, ..
 
 
 def _client(request: web.Request) -> str:
-    # Behind a load balancer this is the balancer's address unless it passes the client's
-    # address through (PROXY protocol / transparent mode); see docs/ca-abuse.md.
-    return request.remote or "unknown"
+    """The rate-limited unit: the remote IPv4 address, or the IPv6 /64 (one host usually holds a
+    whole /64, so single IPv6 addresses would be free to rotate). Behind a load balancer this is
+    the balancer unless it passes the client's address through; see docs/ca-abuse.md."""
+    remote = request.remote or "unknown"
+    if ":" in remote:
+        with contextlib.suppress(ValueError):
+            return str(ipaddress.IPv6Network((remote.split("%")[0], 64), strict=False))
+    return remote
 
 
 async def _nonce(request: web.Request) -> web.Response:

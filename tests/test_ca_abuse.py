@@ -222,3 +222,14 @@ def test_the_value_count_never_changes_what_parses(doc) -> None:
     skeleton = jsonlimits.check_values(raw, 10**6)
     assert skeleton.count(b"[") + skeleton.count(b"{") <= containers
     assert jsonlimits.nesting_depth(skeleton) == jsonlimits.nesting_depth(raw)
+
+
+def test_ipv6_clients_are_limited_per_64_so_rotating_addresses_does_not_help() -> None:
+    from types import SimpleNamespace
+
+    from certs.service import _client
+
+    a, b = (_client(SimpleNamespace(remote=r)) for r in ("2001:db8:1:2::1", "2001:db8:1:2:ffff::9"))  # type: ignore[arg-type]
+    assert a == b == "2001:db8:1:2::/64"
+    assert _client(SimpleNamespace(remote="2001:db8:1:3::1")) != a  # type: ignore[arg-type]
+    assert _client(SimpleNamespace(remote="192.0.2.7")) == "192.0.2.7"  # type: ignore[arg-type]
