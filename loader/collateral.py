@@ -68,6 +68,17 @@ class CollateralSettings:
     timeout: float = DEFAULT_TIMEOUT
     attempts: int = DEFAULT_ATTEMPTS
     snp_product: str | None = None
+    rim_root: Path | None = None
+
+    def roots(self) -> dict[str, bytes]:
+        """Trust anchors replacing the bundled ones (only the NVIDIA RIM root is configurable)."""
+        if self.rim_root is None:
+            return {}
+        try:
+            with self.rim_root.open("rb") as f:
+                return {"nvidia-rim": f.read(64 * 1024)}
+        except OSError as exc:
+            raise AttestationError(f"{self.rim_root}: cannot read the RIM root: {exc.strerror}") from exc
 
     def fetcher(self) -> Fetcher:
         return Fetcher(
@@ -89,9 +100,9 @@ class Judgement:
     checks: tuple[tuple[str, bool, str], ...] = field(default=())
 
     def line(self) -> str:
-        status = f"TCB {self.status}" if self.status else "collateral"
+        status = f"TCB {self.status}: " if self.status else ""
         adv = f"; advisories {', '.join(self.advisories)}" if self.advisories else ""
-        return f"evidence[{self.evidence}] {self.type}: {status}: {self.detail}{adv}"
+        return f"evidence[{self.evidence}] {self.type}: {status}{self.detail}{adv}"
 
 
 # ---- fetching at boot --------------------------------------------------------------------------
@@ -224,7 +235,8 @@ def judge_one(
     if not judged:
         return Judgement(index, ev.type, False, result.tcb_status, (), result.reason(), checks)
     if bad:
-        detail = f"{bad[0].name}: {bad[0].detail}" + (f" (+{len(bad) - 1} more)" if len(bad) > 1 else "")
+        more = f" (also failed: {', '.join(c.name for c in bad[1:])})" if len(bad) > 1 else ""
+        detail = f"{bad[0].name}: {bad[0].detail}{more}"
     else:
         detail = f"acceptable at {at:%Y-%m-%dT%H:%M:%SZ}"
     return Judgement(index, ev.type, not bad, result.tcb_status, result.advisories, detail, checks)
@@ -237,13 +249,14 @@ def judge(
     at: dt.datetime,
     accept: Sequence[str] = DEFAULT_ACCEPT,
     gpu_nonce: bytes | None = None,
+    roots: Mapping[str, bytes] | None = None,
 ) -> list[Judgement]:
     """One judgement per piece of evidence, from the collateral in `record`."""
     out = []
     for i, ev in enumerate(evidence):
         files = files_for(record, i) if record is not None else None
         nonce = gpu_nonce if ev.type in GPU_TYPES else None
-        j = judge_one(i, ev, files, at=at, accept=accept, expected_nonce=nonce)
+        j = judge_one(i, ev, files, at=at, accept=accept, expected_nonce=nonce, roots=roots)
         errors = [e for e in (record or {}).get("errors", []) if e.startswith(f"evidence[{i}] ")]
         if files is None and errors:
             j = Judgement(i, ev.type, False, None, (), f"no collateral: {errors[0].split(': ', 1)[-1]}")
