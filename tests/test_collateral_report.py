@@ -155,3 +155,68 @@ def test_mock_report_verifies_and_says_none_is_needed(demo_report, tmp_path: Pat
     code, out = _verify(path, "--allow-mock")
     assert code == 0, out
     assert "none needed for mock evidence" in _check(out, "tcb[0]")["detail"]
+
+
+def test_collateral_swapped_for_another_platforms_is_refused(tdx_report) -> None:
+    """An attacker re-signs the report with trustee's 2025 TCB Info (FMSPC 00a06d080000) in place
+    of the collateral fetched for this quote (FMSPC 50806f000000): no TCB status applies."""
+    from tests.tdx_helpers import tdx
+
+    path, raw = tdx_report
+    report = parse_report(raw)
+    payload = dict(report.payload)
+    files = dict(payload["collateral"]["sets"][0]["files"])
+    files["tcb_info.json"] = tdx("trustee", "tcbInfo.json")
+    files["tcb_info_issuer_chain.pem"] = tdx("go-tdx-guest", "tcbinfo_issuer_chain.pem")  # same key
+    payload["collateral"] = {
+        **payload["collateral"],
+        "sets": [{**payload["collateral"]["sets"][0], "files": files}],
+    }
+    path.write_bytes(sign_report(payload, x5chain=report.envelope.x5chain, sign=_KeptKey.kept[-1].sign_raw))
+    code, out = _verify(path, "--at", "2023-07-01T00:00:00Z")
+    tcb = _check(out, "tcb[0]")
+    assert code == 1 and not tcb["passed"]
+    assert "TCB NotSupported: tcb_info_fresh: issued 2025-10-27" in tcb["detail"]
+    assert "also failed: tcb_evaluation, tcb_status" in tcb["detail"]
+    assert out["tcb"][0]["tcb_status"] == "NotSupported"
+
+
+def test_snp_boot_fetches_vcek_chain_and_crl_from_kds(demo_dir: Path, tmp_path: Path) -> None:
+    """SEV-SNP through configfs-tsm with virtee's real Milan report: the KDS on loopback serves
+    the VCEK for the reported TCB, the chain, and a SYNTHETIC CRL (no AMD CRL in the vectors)
+    that does not verify under the real ARK: the job is refused naming the CRL, and the report
+    carries all three."""
+    from attestation.sevsnp import certtable
+    from attestation.sevsnp import report as snp_report
+    from attestation.sevsnp.attester import SnpAttester
+    from tests.collateral_helpers import synthetic_crl
+    from tests.collateral_server import Route, kds_chain_route, kds_vcek_route
+    from tests.fake_tsm import FakeTsmKernel
+    from tests.snp_helpers import fake_device_tree, snp
+
+    raw = snp("virtee-sev/report_milan.bin")
+    spls = {"blSPL": 3, "teeSPL": 0, "snpSPL": 8, "ucodeSPL": 115}
+    routes = {
+        **kds_vcek_route("Milan", snp_report.parse(raw).chip_id, spls, snp("virtee-sev/vcek_milan.der")),
+        **kds_chain_route("Milan"),
+        "/vcek/v1/Milan/crl": Route(synthetic_crl("ARK-Milan")),
+    }
+    root = fake_device_tree(tmp_path / "root")
+    table = certtable.build([], pad_to=4096)
+    ops = FakeTsmKernel(root=root, provider="sev_guest", quote=lambda _i, _p: (raw, table))
+    cfg = demo_dir / "loader.toml"
+    cfg.write_text(cfg.read_text().replace('tee = "mock"', 'tee = "sev-snp"'))
+    policy = demo_dir / "approved.json"
+    policy.write_text(policy.read_text().replace('"tee": [\n    "mock"\n  ]', '"tee": ["sev-snp"]'))
+    with serving(Served(routes)) as url:
+        cfg.write_text(
+            cfg.read_text() + f'\n[collateral]\nkds_url = "{url}"\nsnp_product = "milan"\nattempts = 1\n'
+        )
+        outcome = boot(load_config(cfg), attester=SnpAttester(root=root, ops=ops, interface="configfs-tsm"))
+    assert outcome.exit_code == 3
+    (reason,) = outcome.reasons
+    assert reason.startswith("collateral: evidence[0] sev-snp: crl: SEV-Milan against the CRL of ARK-Milan")
+    (only,) = parse_report(outcome.report).payload["collateral"]["sets"]
+    assert set(only["files"]) == {"vcek", "chain", "crl"} and only["files"]["vcek"] == snp(
+        "virtee-sev/vcek_milan.der"
+    )
