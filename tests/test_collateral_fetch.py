@@ -3,11 +3,15 @@ collateral files as Intel PCS/PCCS, AMD KDS and the NVIDIA RIM service do."""
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from attestation.errors import CollateralError
 from attestation.fetch import Fetcher, FetchError
 from attestation.nvidia.rimservice import RimServiceClient, rim_ids
 from attestation.sevsnp import cli as snp_cli
@@ -15,6 +19,7 @@ from attestation.sevsnp import report as snp_report
 from attestation.tdx import cli as tdx_cli
 from attestation.tdx import collateral as coll
 from attestation.tdx import pcs
+from loader.collateral import check_record
 from tests.collateral_server import (
     Route,
     Served,
@@ -222,3 +227,51 @@ def test_rim_ids_and_service_answers(vectors):
     forged = {f"/v1/rim/{ids['vbios']}": Route(json.dumps(body).encode())}
     with serving(Served(forged)) as url, pytest.raises(FetchError, match="not the digest"):
         RimServiceClient(url, FAST).get(ids["vbios"])
+
+
+# ---- parsers, fuzzed -------------------------------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=512))
+def test_crl_bodies_of_any_bytes_give_der_or_one_error(body: bytes) -> None:
+    try:
+        der = pcs.crl_der(body, "CRL")
+    except CollateralError as exc:
+        assert "\n" not in str(exc)
+    else:
+        assert der[:1] == b"\x30"
+
+
+def test_crl_body_forms_agree() -> None:
+    der = tdx("go-tdx-guest", "rootcrl.der")
+    pem = b"-----BEGIN X509 CRL-----\n" + base64.encodebytes(der) + b"-----END X509 CRL-----\n"
+    assert pcs.crl_der(der, "x") == pcs.crl_der(der.hex().encode(), "x") == pcs.crl_der(pem, "x") == der
+
+
+_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8) | st.binary(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.fixed_dictionaries(
+        {
+            "needed": _values,
+            "sets": st.lists(
+                st.dictionaries(st.sampled_from(["evidence", "source", "fetched", "files"]), _values),
+                max_size=2,
+            ),
+            "errors": _values,
+        }
+    )
+    | _values
+)
+def test_malformed_collateral_records_are_refused_not_crashed(record: object) -> None:
+    problem = check_record(record)
+    assert problem is None or problem.startswith("collateral")
+    if problem is None:
+        assert isinstance(record, dict) and all(isinstance(s["files"], dict) for s in record["sets"])
