@@ -256,7 +256,7 @@ _values = st.recursive(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(
     st.fixed_dictionaries(
         {
@@ -275,3 +275,21 @@ def test_malformed_collateral_records_are_refused_not_crashed(record: object) ->
     assert problem is None or problem.startswith("collateral")
     if problem is None:
         assert isinstance(record, dict) and all(isinstance(s["files"], dict) for s in record["sets"])
+
+
+def test_trusted_loader_evidence_verify_passes_pccs_url_through(tmp_path) -> None:
+    from tests.conftest import cli
+
+    with serving(Served(go_pcs())) as url:
+        res = cli(
+            "evidence",
+            "verify",
+            "--type",
+            "tdx",
+            _quote(tmp_path, "trustee_4"),
+            "--pccs-url",
+            url,
+            "--at",
+            "2023-07-01",
+        )
+    assert res.returncode == 0 and res.stderr.rstrip().endswith("verified (tdx, TCB UpToDate)"), res.stderr
