@@ -293,3 +293,24 @@ def test_trusted_loader_evidence_verify_passes_pccs_url_through(tmp_path) -> Non
             "2023-07-01",
         )
     assert res.returncode == 0 and res.stderr.rstrip().endswith("verified (tdx, TCB UpToDate)"), res.stderr
+
+
+def test_turin_vcek_query_and_cache_keys_that_escape_are_refused(tmp_path) -> None:
+    from attestation.sevsnp.kds import vcek_query
+    from attestation.sevsnp.products import Product
+
+    raw = snp("virtee-sev/report_milan.bin")
+    rep = snp_report.parse(raw)
+    with pytest.raises(CollateralError, match="non-zero reserved bytes"):
+        vcek_query(rep, Product.TURIN)  # Milan's TCB read in Turin's layout
+    synthetic = bytearray(raw)  # SYNTHETIC: REPORTED_TCB (0x180) rewritten in Turin's layout
+    synthetic[0x180:0x188] = bytes([9, 4, 0, 24, 0, 0, 0, 80])
+    hwid, query = vcek_query(snp_report.parse(bytes(synthetic)), Product.TURIN)
+    assert hwid == rep.chip_id[:8].hex() and query == "fmcSPL=9&blSPL=4&teeSPL=0&snpSPL=24&ucodeSPL=80"
+    hwid, query = vcek_query(rep, Product.MILAN)
+    assert len(hwid) == 128 and query == "blSPL=3&teeSPL=0&snpSPL=8&ucodeSPL=115"
+    for key in ("../x", "a/../../b", "/abs", "a b", ""):
+        with pytest.raises(FetchError, match="collateral key"):
+            Fetcher(offline_dir=tmp_path).get(key, "http://127.0.0.1:1/", limit=10)
+    with pytest.raises(FetchError, match="expected an http"):
+        Fetcher().get("k", "file:///etc/passwd", limit=10)
