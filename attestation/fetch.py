@@ -106,7 +106,7 @@ class Fetcher:
                 declared = headers.get("content-length")
                 if declared is not None and (not declared.isdigit() or int(declared) > limit):
                     raise FetchError(f"{url}: Content-Length {declared}, more than the {limit} bytes allowed")
-                body = resp.read(limit + 1)
+                body = self._read(resp, url, limit)
         except urllib.error.HTTPError as exc:
             if exc.code in _RETRY_STATUSES:
                 raise _Retry(f"HTTP {exc.code}") from exc
@@ -117,6 +117,22 @@ class Fetcher:
         if len(body) > limit:
             raise FetchError(f"{url}: response larger than the {limit} bytes allowed")
         return body, headers
+
+    def _read(self, resp: object, url: str, limit: int) -> bytes:
+        """At most limit + 1 bytes, within `timeout` seconds in all (a server trickling bytes
+        would otherwise hold the boot, since the socket timeout is per read)."""
+        deadline = time.monotonic() + self.timeout
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:
+            if time.monotonic() > deadline:
+                raise FetchError(f"{url}: response not complete within {self.timeout:g} s")
+            chunk = resp.read1(min(64 * 1024, limit + 1 - size))  # type: ignore[attr-defined]
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
 
 
 class _Retry(Exception):

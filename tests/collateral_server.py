@@ -7,6 +7,7 @@ import base64
 import hashlib
 import json
 import threading
+import time
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +23,7 @@ class Route:
     body: bytes
     headers: dict[str, str] = field(default_factory=dict)
     status: int = 200
+    trickle: float = 0.0  # seconds between bytes of the body (a slow-loris server)
 
 
 @dataclass
@@ -50,7 +52,13 @@ class _Handler(BaseHTTPRequestHandler):
         if "Content-Length" not in route.headers:
             self.send_header("Content-Length", str(len(route.body)))
         self.end_headers()
-        self.wfile.write(route.body)
+        if not route.trickle:
+            self.wfile.write(route.body)
+            return
+        for i in range(len(route.body)):
+            self.wfile.write(route.body[i : i + 1])
+            self.wfile.flush()
+            time.sleep(route.trickle)
 
     def log_message(self, format: str, *args: object) -> None:
         return

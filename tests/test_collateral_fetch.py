@@ -314,3 +314,10 @@ def test_turin_vcek_query_and_cache_keys_that_escape_are_refused(tmp_path) -> No
             Fetcher(offline_dir=tmp_path).get(key, "http://127.0.0.1:1/", limit=10)
     with pytest.raises(FetchError, match="expected an http"):
         Fetcher().get("k", "file:///etc/passwd", limit=10)
+
+
+def test_a_server_trickling_bytes_is_cut_off() -> None:
+    """Each byte arrives within the socket timeout, but the whole answer would take 20 s."""
+    routes = {"/slow": Route(b"x" * 100, trickle=0.2)}
+    with serving(Served(routes)) as url, pytest.raises(FetchError, match=r"not complete within 0\.5 s"):
+        Fetcher(timeout=0.5, attempts=1).get("slow", f"{url}/slow", limit=1000)
