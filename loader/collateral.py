@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from attestation import AttestationError, Evidence, Trust, verifier_for
+from attestation.evidence import Check
 from attestation.fetch import DEFAULT_ATTEMPTS, DEFAULT_TIMEOUT, Fetcher
 from attestation.nvidia import rimservice
 from attestation.sevsnp import kds, products
@@ -51,7 +52,16 @@ _JUDGED = {
         "tcb_evaluation",
         "tcb_status",
     ),
-    "sev-snp": ("certificate", "product", "chain", "chain_algorithms", "crl", "hwid", "tcb"),
+    "sev-snp": (
+        "certificate",
+        "product",
+        "report_signature",
+        "chain",
+        "chain_algorithms",
+        "crl",
+        "hwid",
+        "tcb",
+    ),
 }
 
 
@@ -229,7 +239,7 @@ def judge_one(
     names = _JUDGED.get(ev.type)
     judged = [c for c in result.checks if (c.name in names if names else c.name.startswith("rim"))]
     if ev.type == "sev-snp" and not any(c.name == "crl" for c in judged):
-        judged.append(type(result.checks[0])("crl", False, "no CRL of the ARK in the collateral"))
+        judged.append(Check("crl", False, "no CRL of the ARK in the collateral"))
     bad = [c for c in judged if not c.passed]
     checks = tuple((c.name, c.passed, c.detail) for c in judged)
     if not judged:

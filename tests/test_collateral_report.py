@@ -220,3 +220,19 @@ def test_snp_boot_fetches_vcek_chain_and_crl_from_kds(demo_dir: Path, tmp_path: 
     assert set(only["files"]) == {"vcek", "chain", "crl"} and only["files"]["vcek"] == snp(
         "virtee-sev/vcek_milan.der"
     )
+
+
+def test_snp_collateral_without_the_arks_crl_is_not_enough() -> None:
+    import datetime as dt
+
+    from attestation.evidence import Evidence
+    from loader.collateral import judge_one
+    from tests.snp_helpers import snp
+
+    ev = Evidence("sev-snp", snp("virtee-sev/report_milan.bin"))
+    at = dt.datetime(2026, 11, 21, tzinfo=dt.UTC)
+    j = judge_one(0, ev, {"vcek": snp("virtee-sev/vcek_milan.der")}, at=at)
+    assert not j.ok and j.detail == "crl: no CRL of the ARK in the collateral"
+    assert {name for name, passed, _ in j.checks if passed} >= {"certificate", "chain", "hwid", "tcb"}
+    other = judge_one(0, ev, {"vcek": snp("go-sev-guest/vcek.testcer")}, at=at)
+    assert not other.ok and other.detail.startswith("report_signature:") and "hwid" in other.detail
