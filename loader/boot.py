@@ -349,12 +349,18 @@ def _collateral(state: BootState) -> None:
     state.collateral = collateral.fetch_record(state.evidence, settings)
     for error in state.collateral["errors"]:
         log.error("collateral: %s", error)
+    try:
+        roots = settings.roots()
+    except AttestationError as exc:
+        state.reasons.append(f"collateral: {exc}")
+        return
     judged = collateral.judge(
         state.evidence,
         state.collateral,
         at=dt.datetime.now(dt.UTC),
         accept=settings.accept_tcb,
         gpu_nonce=binding.gpu_nonce(state.key.spki, state.nonce),
+        roots=roots,
     )
     for j in judged:
         if j.ok:

@@ -259,6 +259,7 @@ def _collateral(section: _Section, base: Path) -> CollateralSettings:
         timeout=float(timeout),
         attempts=attempts,
         snp_product=product,
+        rim_root=section.optional_path("rim_root", base),
     )
     section.finish()
     return settings
