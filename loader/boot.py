@@ -75,6 +75,7 @@ class BootState:
     gpu_attester: Any = None
     gpu_failure: str | None = None
     output_error: str | None = None
+    collateral: dict[str, Any] | None = None
     party: multiparty.PartyState = field(default_factory=multiparty.PartyState)
 
     def stamp(self, name: str) -> None:
@@ -149,6 +150,8 @@ def _stage_and_run(state: BootState) -> None:
             _measure(state, staging)
         with _step(state, "extend", "extending the runtime register"):
             _extend(state)
+        with _step(state, "collateral", "fetching and judging collateral"):
+            _collateral(state)
         with _step(state, "decision", "deciding"):
             _decide(state)
         if not state.reasons and cfg.grants is not None:
@@ -338,6 +341,41 @@ def _extend(state: BootState) -> None:
         state.events.append({"register": "rtmr3", "event": event, "value": value})
 
 
+def _collateral(state: BootState) -> None:
+    """Fetch the platform's collateral for the report; an unacceptable TCB is an abort reason."""
+    from loader import collateral
+
+    settings = state.cfg.collateral
+    state.collateral = collateral.fetch_record(state.evidence, settings)
+    for error in state.collateral["errors"]:
+        log.error("collateral: %s", error)
+    try:
+        roots = settings.roots()
+    except AttestationError as exc:
+        state.reasons.append(f"collateral: {exc}")
+        return
+    judged = collateral.judge(
+        state.evidence,
+        state.collateral,
+        at=dt.datetime.now(dt.UTC),
+        accept=settings.accept_tcb,
+        gpu_nonce=binding.gpu_nonce(state.key.spki, state.nonce),
+        roots=roots,
+    )
+    for j in judged:
+        if j.ok:
+            log.info("collateral: %s", j.line())
+        else:
+            state.reasons.append(f"collateral: {j.line()}")
+            log.error("collateral: %s", j.line())
+
+
+def _no_collateral(state: BootState) -> dict[str, Any]:
+    from loader.collateral import MOCK_TYPES
+
+    return {"needed": any(e.type not in MOCK_TYPES for e in state.evidence), "sets": [], "errors": []}
+
+
 def _decide(state: BootState) -> None:
     if state.policy is not None:
         measured = [Measured(m.spec.role, m.spec.name, m.digest.digest) for m in state.measurements]
@@ -421,6 +459,7 @@ def _payload(state: BootState) -> dict[str, Any]:
         },
         "inputs": multiparty.input_records(state, lambda m: _input_entry(m, policy)),
         "events": state.events,
+        "collateral": state.collateral or _no_collateral(state),
         "decision": {"verdict": verdict, "reasons": list(state.reasons)},
         "workload": None
         if wl is None

@@ -158,11 +158,54 @@ def _collateral_trust(directory: Path, allow_mock: bool) -> Any:
     return Trust(allow_mock=allow_mock, collateral=files, options={"require_collateral": True})
 
 
+def _accept_tcb(text: str) -> frozenset[str]:
+    from loader.collateral import accept_list
+
+    try:
+        return frozenset(accept_list([s.strip() for s in text.split(",") if s.strip()]))
+    except ValueError as exc:
+        raise LoaderError(f"--accept-tcb: {exc}") from exc
+
+
+def _online_trust(args: argparse.Namespace, raw: bytes) -> Any:
+    """Trust with collateral fetched now for the report's hardware evidence (`--online`)."""
+    from attestation import AttestationError, Trust
+    from loader.collateral import CollateralSettings, fetch_fresh
+    from loader.errors import ReportError
+    from loader.report import parse_report
+
+    defaults = CollateralSettings()
+    settings = CollateralSettings(
+        pccs_url=args.pccs_url or defaults.pccs_url,
+        kds_url=args.kds_url or defaults.kds_url,
+        rim_url=args.rim_url or defaults.rim_url,
+        snp_product=args.snp_product,
+    )
+    try:
+        files = fetch_fresh(parse_report(raw).payload, settings)
+    except ReportError:
+        return None  # verify_report names what is wrong with the report
+    except AttestationError as exc:
+        raise LoaderError(f"--online: {exc}") from exc
+    return Trust(allow_mock=args.allow_mock, collateral=files, options={"require_collateral": True})
+
+
 def cmd_report_verify(args: argparse.Namespace) -> int:
     from loader.verify import verify_report
 
     raw = read_bounded(args.report, "report")
+    if args.online and args.collateral:
+        raise LoaderError("--online and --collateral: give one source of fresher collateral")
     trust = _collateral_trust(args.collateral, args.allow_mock) if args.collateral else None
+    if args.online:
+        trust = _online_trust(args, raw)
+    if args.accept_tcb:
+        from dataclasses import replace
+
+        from attestation import Trust
+
+        base = trust or Trust(allow_mock=args.allow_mock)
+        trust = replace(base, options={**base.options, "accept_tcb": _accept_tcb(args.accept_tcb)})
     result = verify_report(raw, ca=load_ca(args.ca), at=args.at, allow_mock=args.allow_mock, trust=trust)
     if args.json:
         json.dump(result.to_json(), sys.stdout, indent=2, sort_keys=True)
@@ -266,6 +309,16 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--allow-mock", action="store_true")
     verify.add_argument(
         "--collateral", type=Path, help="directory of vendor collateral (Intel PCS files...): TCB evaluated"
+    )
+    verify.add_argument(
+        "--online", action="store_true", help="also fetch fresh collateral (PCS/PCCS, KDS, RIM service)"
+    )
+    verify.add_argument("--pccs-url", metavar="ROOT", help="with --online: Intel PCS or PCCS root")
+    verify.add_argument("--kds-url", metavar="ROOT", help="with --online: AMD KDS root")
+    verify.add_argument("--rim-url", metavar="ROOT", help="with --online: NVIDIA RIM service root")
+    verify.add_argument("--snp-product", help="with --online: milan, genoa or turin (SEV-SNP report v2)")
+    verify.add_argument(
+        "--accept-tcb", metavar="STATUS,...", help="accepted TDX TCB statuses (default UpToDate)"
     )
     verify.add_argument("--json", action="store_true")
     verify.set_defaults(func=cmd_report_verify)

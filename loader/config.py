@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from loader.collateral import CollateralSettings, accept_list
 from loader.errors import ConfigError, RunnerError
 from loader.ocirun import OciSettings
 from loader.policy import valid_name
@@ -73,6 +74,7 @@ class LoaderConfig:
     signing: SigningSettings | None = None
     grants: GrantSettings | None = None
     output_recipient: Path | None = None
+    collateral: CollateralSettings = field(default_factory=CollateralSettings)
 
 
 class _Section:
@@ -201,6 +203,7 @@ def _parse(data: dict[str, Any], source: Path, ca_url: str | None) -> LoaderConf
         raise ca.error("attempts", f"expected 1..20, found {ca_attempts}")
     ca.finish()
     gpu_mode = _gpu_mode(top.table("gpu"), tee)
+    collateral = _collateral(top.table("collateral"), base)
     cfg = LoaderConfig(
         path=source,
         tee=tee,
@@ -220,9 +223,46 @@ def _parse(data: dict[str, Any], source: Path, ca_url: str | None) -> LoaderConf
         signing=signing,
         grants=grants,
         output_recipient=recipient,
+        collateral=collateral,
     )
     top.finish()
     return cfg
+
+
+def _collateral(section: _Section, base: Path) -> CollateralSettings:
+    """[collateral]: where the platform's collateral comes from and which TCB statuses pass."""
+    defaults = CollateralSettings()
+    urls = {}
+    for key in ("pccs_url", "kds_url", "rim_url"):
+        url = section.get(key, str, getattr(defaults, key))
+        if not url.startswith(("http://", "https://")):
+            raise section.error(key, f"expected an http:// or https:// URL, found {url!r}")
+        urls[key] = url
+    try:
+        accept = accept_list(section.get("accept_tcb", list, list(defaults.accept_tcb)))
+    except ValueError as exc:
+        raise section.error("accept_tcb", str(exc)) from exc
+    timeout = section.get("timeout", (int, float), defaults.timeout)
+    if not 0 < timeout <= 300:
+        raise section.error("timeout", f"expected seconds between 0 and 300, found {timeout}")
+    attempts = section.get("attempts", int, defaults.attempts)
+    if not 1 <= attempts <= 10:
+        raise section.error("attempts", f"expected 1..10, found {attempts}")
+    product = section.get("snp_product", str, None)
+    if product is not None and product.lower() not in ("milan", "genoa", "turin"):
+        raise section.error("snp_product", f"expected milan, genoa or turin, found {product!r}")
+    settings = CollateralSettings(
+        **urls,
+        accept_tcb=accept,
+        offline_dir=section.optional_path("offline_dir", base),
+        cache_dir=section.optional_path("cache_dir", base),
+        timeout=float(timeout),
+        attempts=attempts,
+        snp_product=product,
+        rim_root=section.optional_path("rim_root", base),
+    )
+    section.finish()
+    return settings
 
 
 def _gpu_mode(section: _Section, tee: str) -> str:

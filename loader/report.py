@@ -16,6 +16,7 @@ Payload fields (all keys text, no floats, times as RFC 3339 UTC strings):
              ciphertext's digest and size and the grant file's digest; `digest` is then the
              plaintext's, or "" when the job aborted before it was decrypted
   events     [{register, event, value: bstr(48)}]  runtime-register extensions, in order
+  collateral {needed, sets, errors}              the platform's collateral (loader/collateral.py)
   decision   {verdict: "run"|"abort", reasons: [text]}
   workload   null | {exit_code, timed_out, ms, error, output}
   hashing    {bytes, ms, rate}                   rate in bytes per second
@@ -35,6 +36,7 @@ import cbor2
 from cryptography import x509
 
 from loader import cose
+from loader.collateral import check_record
 from loader.errors import ReportError
 
 FORMAT = "trusted-loader/report/v1"
@@ -70,6 +72,7 @@ _SCHEMA: dict[str, Any] = {
     "policy": {"digest": _TEXT, "document": _BYTES, "signatures": _LIST, "signers": _LIST},
     "inputs": _LIST,
     "events": _LIST,
+    "collateral": _MAP,
     "decision": {"verdict": _TEXT, "reasons": _LIST},
     "workload": (
         type(None),
@@ -144,6 +147,8 @@ def check_payload(payload: object) -> dict[str, Any]:
     assert isinstance(payload, dict)
     if payload["format"] != FORMAT:
         raise ReportError(f"report payload: format: expected {FORMAT!r}, found {payload['format']!r}")
+    if (problem := check_record(payload["collateral"])) is not None:
+        raise ReportError(f"report payload: {problem}")
     for i, item in enumerate(payload["inputs"]):
         _check_map(item, _INPUT, f"inputs[{i}]")
         if item["encrypted"] is not None:

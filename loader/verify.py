@@ -25,6 +25,7 @@ from certs.chain import verify_chain
 from certs.errors import CertsError
 from certs.extensions import decode_evidence_extension
 from loader import cose
+from loader.collateral import DEFAULT_ACCEPT, report_checks
 from loader.decide import Measured, decide
 from loader.errors import PolicyError, ReportError
 from loader.policy import parse_policy
@@ -40,6 +41,7 @@ class Verification:
     checks: list[tuple[str, bool, str]] = field(default_factory=list)
     evidence: list[Result] = field(default_factory=list)
     report: Report | None = None
+    tcb: list[dict[str, Any]] = field(default_factory=list)
 
     def add(self, name: str, passed: bool, detail: str) -> bool:
         self.checks.append((name, passed, detail))
@@ -59,6 +61,7 @@ class Verification:
             "digest": self.report.digest if self.report else None,
             "checks": [{"name": n, "passed": p, "detail": d} for n, p, d in self.checks],
             "evidence": [r.to_json() for r in self.evidence],
+            "tcb": self.tcb,
             "reason": None if self.ok else self.reason(),
         }
 
@@ -87,6 +90,15 @@ def verify_report(
         return result
     _chain(result, report, ca)
     _evidence(result, report, trust, when)
+    report_at = at or parse_utc(report.payload["timestamps"]["decided"])
+    result.tcb = report_checks(
+        result.add,
+        report.payload,
+        report_at=report_at if report_at.tzinfo else report_at.replace(tzinfo=dt.UTC),
+        now=when,
+        fresh=trust.collateral,
+        accept=tuple(trust.options.get("accept_tcb") or DEFAULT_ACCEPT),
+    )
     signature_reasons = _signatures(result, report)
     _decision(result, report, signature_reasons)
     _events(result, report)

@@ -25,9 +25,15 @@ from tests.snp_helpers import FakeSevGuest, der, fake_device_tree, snp
 from tests.tdx_helpers import ROOT, FakeTdxKernel, quote_bytes
 
 
-def _use_tee(demo_dir: Path, tee: str) -> Path:
+def _use_tee(demo_dir: Path, tee: str, collateral: str = "") -> Path:
+    """Switch the demo job to `tee`; `collateral` is the [collateral] table's body (default: an
+    empty offline directory, so nothing is fetched and the TCB cannot be judged)."""
     cfg = demo_dir / "loader.toml"
-    cfg.write_text(cfg.read_text().replace('tee = "mock"', f'tee = "{tee}"'))
+    if not collateral:
+        (demo_dir / "no-collateral").mkdir(exist_ok=True)
+        collateral = 'offline_dir = "no-collateral"'
+    text = cfg.read_text().replace('tee = "mock"', f'tee = "{tee}"')
+    cfg.write_text(text + f"\n[collateral]\n{collateral}\n")
     policy = demo_dir / "approved.json"
     policy.write_text(policy.read_text().replace('"tee": [\n    "mock"\n  ]', f'"tee": ["{tee}"]'))
     assert f'"{tee}"' in policy.read_text()
@@ -42,14 +48,17 @@ def _failed_checks(report: bytes) -> list[str]:
 def test_tdx_boot_flow_extends_rtmr3_and_reports_replayable_events(demo_dir: Path) -> None:
     kernel = FakeTdxKernel(quote_bytes("trustee_6"))
     outcome = boot(load_config(_use_tee(demo_dir, "tdx")), attester=TdxAttester(root=ROOT, ops=kernel))
-    assert outcome.exit_code == 0, outcome.reasons
+    # no collateral: the TCB cannot be judged, so the job is refused (before the workload)
+    assert outcome.exit_code == 3 and len(outcome.reasons) == 1, outcome.reasons
+    assert "no collateral" in outcome.reasons[0]
     payload = parse_report(outcome.report).payload
     assert [e["type"] for e in payload["evidence"]] == ["tdx"]
     values = [e["value"] for e in payload["events"]]
     assert len(values) == 5 and kernel.rtmrs[3] == rtmr.replay(values)
     assert kernel.inblobs and len(kernel.inblobs[0]) == 64
     failed = _failed_checks(outcome.report)
-    assert len(failed) == 1 and failed[0].startswith("evidence[0]: tdx: report_data"), failed
+    assert len(failed) == 2 and failed[0].startswith("evidence[0]: tdx: report_data"), failed
+    assert failed[1].startswith("tcb[0]: ") and "no collateral" in failed[1]
 
 
 @pytest.mark.parametrize("interface", ["configfs-tsm", "sev-guest"])
@@ -69,12 +78,12 @@ def test_snp_boot_flow_against_fake_device(demo_dir: Path, tmp_path: Path, inter
     else:
         attester = SnpAttester(root=root, ioctl=FakeSevGuest(report, table), interface=interface)
     outcome = boot(load_config(_use_tee(demo_dir, "sev-snp")), attester=attester)
-    assert outcome.exit_code == 0, outcome.reasons
+    assert outcome.exit_code == 3 and "no collateral" in outcome.reasons[0], outcome.reasons
     payload = parse_report(outcome.report).payload
     assert [e["type"] for e in payload["evidence"]] == ["sev-snp"]
     assert payload["evidence"][0]["data"] == report
     failed = _failed_checks(outcome.report)
-    assert len(failed) == 1 and failed[0].startswith("evidence[0]: sev-snp: report_data"), failed
+    assert len(failed) == 2 and failed[0].startswith("evidence[0]: sev-snp: report_data"), failed
 
 
 def test_report_verify_evaluates_tdx_tcb_with_collateral(demo_dir: Path, tmp_path: Path) -> None:

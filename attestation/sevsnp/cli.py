@@ -1,9 +1,12 @@
 """`trusted-loader evidence verify --type sev-snp REPORT --vcek CERT [--chain PEM] ...`
 
 REPORT is a raw 0x4A0-byte ATTESTATION_REPORT. CERT is the VCEK or VLEK (DER or PEM) named by
-the report's SIGNING_KEY. PEM is a bundle holding the ASK or ASVK (and usually the ARK) in any
-order, extra certificates allowed; without it the bundled AMD chain is used. The ARK is never
-taken from PEM: the trust anchor is the bundled ARK of the product, or --ark.
+the report's SIGNING_KEY; with --kds-url ROOT (and --product) the VCEK, the ASK/ARK chain and
+the ARK's CRL are fetched from AMD KDS instead (--no-kds-crl skips the CRL; a VLEK must still be
+given). A document that cannot be fetched is a rejection (exit 1). PEM is a bundle holding the
+ASK or ASVK (and usually the ARK) in any order, extra certificates allowed; without it the
+bundled AMD chain is used. The ARK is never taken from PEM: the trust anchor is the bundled ARK
+of the product, or --ark.
 Exit codes: 0 verified, 1 rejected, 2 usage or I/O error.
 """
 
@@ -15,7 +18,11 @@ import sys
 from pathlib import Path
 
 from attestation import clikit
-from attestation.evidence import MAX_EVIDENCE_BYTES, Evidence, Trust
+from attestation.errors import CollateralError
+from attestation.evidence import MAX_EVIDENCE_BYTES, Check, Evidence, Result, Trust
+from attestation.fetch import Fetcher
+from attestation.sevsnp import products
+from attestation.sevsnp.kds import KdsClient
 from attestation.sevsnp.products import Product
 from attestation.sevsnp.validate import PolicyError, SnpPolicy, parse_min_tcb
 from attestation.sevsnp.verifier import SnpVerifier
@@ -39,7 +46,11 @@ def _hex(size: int | None = None):  # type: ignore[no-untyped-def]
 def build_parser(prog: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description="Verify an AMD SEV-SNP attestation report.")
     p.add_argument("report", type=Path, help="raw ATTESTATION_REPORT (0x4A0 bytes)")
-    p.add_argument("--vcek", type=Path, required=True, help="VCEK or VLEK certificate (DER or PEM)")
+    p.add_argument("--vcek", type=Path, help="VCEK or VLEK certificate (DER or PEM)")
+    p.add_argument("--kds-url", metavar="ROOT", help="fetch the VCEK, chain and CRL from AMD KDS at ROOT")
+    p.add_argument("--no-kds-crl", action="store_true", help="with --kds-url: do not fetch the ARK's CRL")
+    p.add_argument("--collateral-cache", type=Path, metavar="DIR", help="cache of fetched collateral")
+    p.add_argument("--offline", type=Path, metavar="DIR", help="with --kds-url: read only this cache")
     p.add_argument("--chain", type=Path, help="PEM bundle with the ASK/ASVK (default: bundled AMD chain)")
     p.add_argument("--crl", type=Path, help="the ARK's CRL (DER or PEM) from AMD KDS")
     p.add_argument("--ark", type=Path, help="trust these ARK certificates instead of the bundled AMD roots")
@@ -80,7 +91,17 @@ def _policy(args: argparse.Namespace) -> SnpPolicy:
 def _run(args: argparse.Namespace) -> int:
     policy = _policy(args)
     data = clikit.read_file(args.report, "report", limit=MAX_EVIDENCE_BYTES)
-    collateral = {"vcek": clikit.read_file(args.vcek, "VCEK/VLEK certificate", limit=1 << 20)}
+    if args.vcek is None and args.kds_url is None:
+        raise clikit.UsageError("give the signing certificate (--vcek) or where to fetch it (--kds-url)")
+    collateral: dict[str, bytes] = {}
+    if args.kds_url is not None:
+        try:
+            collateral = _fetch(args, data)
+        except CollateralError as exc:
+            failed = Result("sev-snp", (Check("collateral", False, str(exc)),), {})
+            return clikit.emit(failed, as_json=args.json, source=str(args.report))
+    if args.vcek is not None:
+        collateral["vcek"] = clikit.read_file(args.vcek, "VCEK/VLEK certificate", limit=1 << 20)
     if args.chain:
         collateral["chain"] = clikit.read_file(args.chain, "certificate chain", limit=1 << 20)
     if args.crl:
@@ -93,6 +114,14 @@ def _run(args: argparse.Namespace) -> int:
         Evidence(type="sev-snp", data=data), expected_report_data=args.report_data, trust=trust, at=at
     )
     return clikit.emit(result, as_json=args.json, source=str(args.report))
+
+
+def _fetch(args: argparse.Namespace, data: bytes) -> dict[str, bytes]:
+    if args.product is None:
+        raise clikit.UsageError("--kds-url needs --product (the KDS path names it)")
+    fetcher = Fetcher(cache_dir=args.collateral_cache, offline_dir=args.offline)
+    client = KdsClient(args.kds_url, fetcher)
+    return client.collateral(data, products.parse(args.product), crl=not args.no_kds_crl)
 
 
 def main(argv: list[str], prog: str = PROG) -> int:

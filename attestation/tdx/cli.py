@@ -2,7 +2,11 @@
 
 --collateral DIR reads the PCS responses by their file names (collateral.REQUIRED must all be
 there; CRL files are optional); --root PEM replaces the bundled Intel SGX Root CA; --accept-tcb
-lists the accepted TCB statuses (default UpToDate). Exit 0 verified, 1 rejected, 2 usage/I-O.
+lists the accepted TCB statuses (default UpToDate). --pccs-url ROOT fetches the collateral (TCB
+Info, QE Identity, PCK and Root CA CRLs) from Intel PCS or a PCCS and requires the TCB evaluation
+and the CRLs; --collateral-cache DIR keeps what was fetched, --offline DIR reads such a cache only.
+A collateral document that cannot be fetched or is not for this quote is a rejection (exit 1).
+Exit 0 verified, 1 rejected, 2 usage/I-O.
 """
 
 from __future__ import annotations
@@ -13,8 +17,11 @@ import sys
 from pathlib import Path
 
 from attestation import clikit
-from attestation.evidence import Evidence, Trust
+from attestation.errors import CollateralError
+from attestation.evidence import Check, Evidence, Result, Trust
+from attestation.fetch import Fetcher
 from attestation.tdx import collateral as coll
+from attestation.tdx import pcs
 from attestation.tdx.quote import MAX_QUOTE_BYTES
 from attestation.tdx.verifier import TdxVerifier
 
@@ -28,6 +35,9 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         metavar="DIR",
         help="Intel PCS responses: " + ", ".join(coll.REQUIRED + coll.OPTIONAL),
     )
+    p.add_argument("--pccs-url", metavar="ROOT", help="fetch collateral from Intel PCS or a PCCS at ROOT")
+    p.add_argument("--collateral-cache", type=Path, metavar="DIR", help="cache of fetched collateral")
+    p.add_argument("--offline", type=Path, metavar="DIR", help="with --pccs-url: read only this cache")
     p.add_argument("--root", type=Path, metavar="PEM", help="Intel SGX Root CA (default: the bundled copy)")
     p.add_argument(
         "--accept-tcb",
@@ -91,6 +101,11 @@ def _expected(text: str | None) -> bytes | None:
     return value
 
 
+def _fetch(args: argparse.Namespace, data: bytes) -> dict[str, bytes]:
+    fetcher = Fetcher(cache_dir=args.collateral_cache, offline_dir=args.offline)
+    return pcs.PcsClient(args.pccs_url, fetcher).collateral(pcs.target_of(data))
+
+
 def main(argv: list[str], prog: str = "trusted-loader evidence verify --type tdx") -> int:
     args = _parser(prog).parse_args(argv)
 
@@ -98,17 +113,33 @@ def main(argv: list[str], prog: str = "trusted-loader evidence verify --type tdx
         roots = (
             {"intel_root": clikit.read_file(args.root, "root certificate", 64 * 1024)} if args.root else {}
         )
-        trust = Trust(
-            roots=roots,
-            collateral=_read_collateral(args.collateral) if args.collateral else {},
-            options={
-                "accept_tcb": _accept(args.accept_tcb),
-                "require_collateral": args.require_collateral,
-                "require_crl": args.require_crl,
-            },
-        )
+        if args.pccs_url and args.collateral:
+            raise clikit.UsageError("--pccs-url and --collateral: give one source of collateral")
+        if args.offline and not args.pccs_url:
+            raise clikit.UsageError("--offline DIR: needs --pccs-url (the service the copies came from)")
         expected = _expected(args.report_data)
         data = _read_quote(args.quote)
+        fetched = args.pccs_url is not None
+        try:
+            collateral = (
+                _fetch(args, data)
+                if fetched
+                else _read_collateral(args.collateral)
+                if args.collateral
+                else {}
+            )
+        except CollateralError as exc:
+            failed = Result("tdx", (Check("collateral", False, str(exc)),), {"tee": "tdx"})
+            return clikit.emit(failed, as_json=args.json, source=str(args.quote))
+        trust = Trust(
+            roots=roots,
+            collateral=collateral,
+            options={
+                "accept_tcb": _accept(args.accept_tcb),
+                "require_collateral": args.require_collateral or fetched,
+                "require_crl": args.require_crl or fetched,
+            },
+        )
         at = args.at or dt.datetime.now(dt.UTC)
         result = TdxVerifier().verify(
             Evidence("tdx", data), expected_report_data=expected, trust=trust, at=at
