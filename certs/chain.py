@@ -18,6 +18,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
+from certs import memo
 from certs.errors import CertificateFormatError, ChainError
 
 CrlMode = Literal["none", "leaf", "all"]
@@ -26,8 +27,24 @@ _PEM_CERT = b"-----BEGIN CERTIFICATE-----"
 MAX_CERT_BYTES = 256 * 1024
 
 
+_CERTS: memo.Lru[bytes, tuple[x509.Certificate, ...]] = memo.cache()
+_CRLS: memo.Lru[bytes, x509.CertificateRevocationList] = memo.cache()
+
+
 def load_certificates(data: bytes, *, what: str = "certificates") -> list[x509.Certificate]:
-    """Certificates from a PEM bundle (any number) or one DER certificate."""
+    """Certificates from a PEM bundle (any number) or one DER certificate.
+
+    Parsed once per exact byte string (bounded LRU): certificates are immutable objects."""
+    data = bytes(data)
+    known = _CERTS.get(data)
+    if known is not None:
+        return list(known)
+    certs = _parse_certificates(data, what)
+    _CERTS.put(data, tuple(certs))
+    return certs
+
+
+def _parse_certificates(data: bytes, what: str) -> list[x509.Certificate]:
     if len(data) > MAX_CERT_BYTES:
         raise CertificateFormatError(f"{what}: {len(data)} bytes, more than {MAX_CERT_BYTES}")
     try:
@@ -56,12 +73,20 @@ def load_certificates(data: bytes, *, what: str = "certificates") -> list[x509.C
 
 
 def load_crl(data: bytes, *, what: str = "CRL") -> x509.CertificateRevocationList:
+    """A PEM or DER CRL, parsed once per exact byte string (bounded LRU)."""
+    data = bytes(data)
+    known = _CRLS.get(data)
+    if known is not None:
+        return known
     try:
         if b"-----BEGIN X509 CRL-----" in data:
-            return x509.load_pem_x509_crl(data)
-        return x509.load_der_x509_crl(data)
+            crl = x509.load_pem_x509_crl(data)
+        else:
+            crl = x509.load_der_x509_crl(data)
     except ValueError as exc:
         raise CertificateFormatError(f"{what}: not a PEM or DER CRL ({exc})") from exc
+    _CRLS.put(data, crl)
+    return crl
 
 
 def fingerprint(cert: x509.Certificate) -> str:
