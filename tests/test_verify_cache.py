@@ -13,8 +13,10 @@ import pytest
 
 from attestation.evidence import Evidence, Trust
 from attestation.tdx import collateral as coll
-from attestation.tdx.verifier import TdxVerifier
+from attestation.tdx.verifier import TdxVerifier, bundled_root
 from certs import memo
+from certs.chain import load_certificates, load_crl, verify_chain
+from certs.errors import ChainError
 from tests.tdx_helpers import GO_V4_AT, NOW, failed, go_v4_collateral, quote_bytes, tdx, utc, verify
 from tests.vectors import vectors_dir
 
@@ -125,3 +127,36 @@ def test_lru_is_bounded_and_evicts_the_least_recently_used():
     assert len(lru) == 2 and lru.get(b"b") is None and lru.get(b"a") == 1 and lru.get(b"c") == 3
     with pytest.raises(ValueError):
         memo.Lru(0)
+
+
+def _pck_chain() -> list:  # type: ignore[type-arg]
+    from attestation.tdx import quote
+
+    return load_certificates(quote.parse(quote_bytes(QUOTE)).pck_chain_pem.rstrip(b"\0"))
+
+
+def test_a_remembered_chain_is_revalidated_at_each_time_and_for_each_input() -> None:
+    memo.clear_all()
+    certs = _pck_chain()
+    crls = [load_crl(go_v4_collateral()[coll.PCK_CRL]), load_crl(go_v4_collateral()[coll.ROOT_CA_CRL])]
+
+    def check(at: dt.datetime, mode: str = "all", roots: list | None = None, chain: list | None = None):  # type: ignore[no-untyped-def, type-arg]
+        c = chain or certs
+        return verify_chain(
+            c[0], intermediates=c[1:], roots=roots or [bundled_root()], at=at, crls=crls, crl_mode=mode
+        )
+
+    assert len(check(GO_V4_AT)) == 3
+    with pytest.raises(ChainError, match="CRL has expired"):
+        check(utc("2023-08-01"))
+    assert len(check(utc("2023-08-01"), mode="none")) == 3
+    with pytest.raises(ChainError, match="expired"):
+        check(utc("2053-07-01"), mode="none")
+    with pytest.raises(ChainError, match="not yet valid"):
+        check(utc("2018-01-01"), mode="none")
+    ark = load_certificates((vectors_dir() / "snp" / "go-sev-guest" / "ask_ark_milan.pem").read_bytes())
+    with pytest.raises(ChainError):
+        check(GO_V4_AT, roots=ark[-1:])
+    with pytest.raises(ChainError):
+        check(GO_V4_AT, chain=[certs[0]])  # without the PCK CA the path cannot be built
+    assert len(check(GO_V4_AT)) == 3
