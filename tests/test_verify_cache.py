@@ -160,3 +160,26 @@ def test_a_remembered_chain_is_revalidated_at_each_time_and_for_each_input() -> 
     with pytest.raises(ChainError):
         check(GO_V4_AT, chain=[certs[0]])  # without the PCK CA the path cannot be built
     assert len(check(GO_V4_AT)) == 3
+
+
+def test_snp_cached_vcek_and_chain_still_expire_and_callers_cannot_change_the_cache() -> None:
+    from attestation.sevsnp import vcek
+    from attestation.sevsnp.verifier import SnpVerifier
+    from tests.snp_helpers import snp
+
+    data, cert = snp("virtee-sev/report_milan.bin"), snp("virtee-sev/vcek_milan.der")
+    memo.clear_all()
+
+    def run(at: dt.datetime, der: bytes = cert):  # type: ignore[no-untyped-def]
+        trust = Trust(collateral={"vcek": der})
+        return SnpVerifier().verify(Evidence("sev-snp", data), expected_report_data=None, trust=trust, at=at)
+
+    assert run(utc("2030-04-02")).ok
+    late = run(utc("2030-04-04"))
+    assert failed(late) == {"chain"} and "expired" in late.reason()
+    flipped = bytearray(cert)
+    flipped[40] ^= 0xFF
+    assert not run(utc("2026-01-01"), bytes(flipped)).ok
+    first = vcek.parse(cert)
+    first.spls["snp"] = 255
+    assert vcek.parse(cert).spls["snp"] != 255
