@@ -157,15 +157,17 @@ def make_private_dir(path: Path) -> Path:
 
 def wipe_method(path: Path, requested: str) -> tuple[str, str]:
     """(method, medium): "unlink" for memory-backed staging under "auto", else "overwrite";
-    an explicit "overwrite" or "unlink" is used as configured."""
+    an explicit "overwrite" or "unlink" is used as configured. Anything unexpected (an unknown
+    method, a file system statfs cannot tell) falls back to "overwrite": the wipe runs anyway."""
     from loader.medium import filesystem, is_memory_backed
 
-    if requested not in WIPE_METHODS:
-        raise InputError(f"{path}: wipe must be one of {WIPE_METHODS}, found {requested!r}")
-    medium = filesystem(path if path.exists() else path.parent)
-    if requested != "auto":
+    try:
+        medium = filesystem(path if path.exists() else path.parent)
+    except InputError:
+        medium = "unknown"
+    if requested in ("overwrite", "unlink"):
         return requested, medium
-    return ("unlink" if is_memory_backed(medium) else "overwrite"), medium
+    return ("unlink" if requested == "auto" and is_memory_backed(medium) else "overwrite"), medium
 
 
 def wipe(path: Path, requested: str = "auto") -> dict[str, int | str]:

@@ -311,3 +311,10 @@ def test_a_foreign_owned_input_aborts_a_moved_run(demo_dir: Path) -> None:
     assert outcome.verdict == "abort"
     assert any("owner uid 64123" in r for r in outcome.reasons), outcome.reasons
     assert lab.is_dir() and any(lab.glob("*.csv"))
+
+
+def test_wipe_falls_back_to_overwrite_when_unsure(tmp_path: Path) -> None:
+    root, fd = _staged_file(tmp_path / "staging")
+    record = wipe(root, "shred")
+    assert record["method"] == "overwrite" and record["overwritten"] == 2 and not root.exists()
+    assert _after(fd) == bytes(600)
