@@ -52,10 +52,10 @@ def move_input(src: Path, dest: Path, label: str, *, workers: int | None, meter:
     try:
         _check_tree(dest, uid, label, shown=src)
         _seal(dest)
+        return digest_path(dest, workers=workers, meter=meter)
     except InputError:
         _put_back(dest, src)
         raise
-    return digest_path(dest, workers=workers, meter=meter)
 
 
 def _same_filesystem(src: Path, staging: Path, label: str) -> None:

@@ -318,3 +318,12 @@ def test_wipe_falls_back_to_overwrite_when_unsure(tmp_path: Path) -> None:
     record = wipe(root, "shred")
     assert record["method"] == "overwrite" and record["overwritten"] == 2 and not root.exists()
     assert _after(fd) == bytes(600)
+
+
+def test_an_input_the_digest_refuses_is_put_back(tmp_path: Path) -> None:
+    src = tmp_path / "private" / "weights"
+    src.mkdir(parents=True)
+    (src / "bad\\name").write_text("x")  # sha256sum would escape the name: refused by the digest
+    with pytest.raises(InputError, match="name"):
+        _move(src, _staging(tmp_path))
+    assert (src / "bad\\name").read_text() == "x"
