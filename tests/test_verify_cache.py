@@ -183,3 +183,13 @@ def test_snp_cached_vcek_and_chain_still_expire_and_callers_cannot_change_the_ca
     first = vcek.parse(cert)
     first.spls["snp"] = 255
     assert vcek.parse(cert).spls["snp"] != 255
+
+
+def test_collateral_and_quote_as_bytearrays_verify_like_bytes() -> None:
+    memo.clear_all()
+    collateral = {k: bytearray(v) for k, v in go_v4_collateral().items()}
+    trust = Trust(collateral=collateral, roots={"intel_root": bytearray(tdx("intel", "TrustedRootCA.der"))})
+    evidence = Evidence("tdx", bytearray(quote_bytes(QUOTE)))  # type: ignore[arg-type]
+    for _ in range(2):  # cold, then warm
+        result = TdxVerifier().verify(evidence, expected_report_data=None, trust=trust, at=GO_V4_AT)
+        assert result.ok, result.reason()

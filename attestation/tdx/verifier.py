@@ -107,6 +107,11 @@ class _Verified:
     windows: memo.Windows
 
 
+def _exact(value: bytes | None) -> bytes | None:
+    """A cache-key part: the exact bytes (a bytearray or memoryview copied), None when absent."""
+    return None if value is None else bytes(value)
+
+
 _PCK_PATHS: memo.Lru[memo.Key, _Verified] = memo.cache()
 _PCK_EXTENSIONS: memo.Lru[bytes, pck.PckExtensions] = memo.cache()
 _SIGNED: memo.Lru[memo.Key, _Verified] = memo.cache()
@@ -119,10 +124,10 @@ def _verified_pck_chain(
     first call for these exact bytes (chain, roots, CRLs, mode), then only its validity windows."""
     col = run.trust.collateral
     key = (
-        q.pck_chain_pem,
-        run.trust.roots.get(ROOT_KEY),
-        col.get(coll.PCK_CRL),
-        col.get(coll.ROOT_CA_CRL),
+        _exact(q.pck_chain_pem),
+        _exact(run.trust.roots.get(ROOT_KEY)),
+        _exact(col.get(coll.PCK_CRL)),
+        _exact(col.get(coll.ROOT_CA_CRL)),
         mode,
     )
     known = _PCK_PATHS.get(key)
@@ -148,6 +153,7 @@ def _verified_pck_chain(
 
 def _pck_extensions(pem: bytes, leaf: x509.Certificate) -> pck.PckExtensions:
     """The leaf's SGX extensions, parsed once per exact chain bytes (the leaf is their first cert)."""
+    pem = bytes(pem)
     known = _PCK_EXTENSIONS.get(pem)
     if known is None:
         known = pck.parse_extensions(leaf)
@@ -423,7 +429,13 @@ def _verified_piece(run: _Run, file: str, chain_file: str, parse: Any) -> tuple[
     these exact bytes (document, issuer chain, roots, Root CA CRL), then only the validity windows
     of every certificate and CRL involved."""
     col: Mapping[str, bytes] = run.trust.collateral
-    key = (file, col[file], col[chain_file], run.trust.roots.get(ROOT_KEY), col.get(coll.ROOT_CA_CRL))
+    key = (
+        file,
+        _exact(col[file]),
+        _exact(col[chain_file]),
+        _exact(run.trust.roots.get(ROOT_KEY)),
+        _exact(col.get(coll.ROOT_CA_CRL)),
+    )
     known = _SIGNED.get(key)
     if known is not None and known.windows.hold_at(run.at):
         return known.value  # type: ignore[no-any-return]
