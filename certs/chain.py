@@ -18,6 +18,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
+from certs import memo
 from certs.errors import CertificateFormatError, ChainError
 
 CrlMode = Literal["none", "leaf", "all"]
@@ -26,8 +27,41 @@ _PEM_CERT = b"-----BEGIN CERTIFICATE-----"
 MAX_CERT_BYTES = 256 * 1024
 
 
+_CERTS: memo.Lru[bytes, tuple[x509.Certificate, ...]] = memo.cache()
+_CRLS: memo.Lru[bytes, x509.CertificateRevocationList] = memo.cache()
+_DER: memo.Lru[int, tuple[object, bytes]] = memo.cache(4 * memo.DEFAULT_SIZE)
+_PATHS: memo.Lru[memo.Key, tuple[tuple[x509.Certificate, ...], memo.Windows]] = memo.cache()
+
+
+def _der(obj: x509.Certificate | x509.CertificateRevocationList) -> bytes:
+    """The DER of a certificate or CRL: remembered for objects this module loaded or saw.
+
+    Keyed by the object's id, holding the object itself, so the id cannot be reused by another
+    object while the entry exists; the entry is used only for that very object (`is`)."""
+    known = _DER.get(id(obj))
+    if known is not None and known[0] is obj:
+        return known[1]
+    der = obj.public_bytes(serialization.Encoding.DER)
+    _DER.put(id(obj), (obj, der))
+    return der
+
+
 def load_certificates(data: bytes, *, what: str = "certificates") -> list[x509.Certificate]:
-    """Certificates from a PEM bundle (any number) or one DER certificate."""
+    """Certificates from a PEM bundle (any number) or one DER certificate.
+
+    Parsed once per exact byte string (bounded LRU): certificates are immutable objects."""
+    data = bytes(data)
+    known = _CERTS.get(data)
+    if known is not None:
+        return list(known)
+    certs = _parse_certificates(data, what)
+    for cert in certs:
+        _der(cert)
+    _CERTS.put(data, tuple(certs))
+    return certs
+
+
+def _parse_certificates(data: bytes, what: str) -> list[x509.Certificate]:
     if len(data) > MAX_CERT_BYTES:
         raise CertificateFormatError(f"{what}: {len(data)} bytes, more than {MAX_CERT_BYTES}")
     try:
@@ -56,12 +90,21 @@ def load_certificates(data: bytes, *, what: str = "certificates") -> list[x509.C
 
 
 def load_crl(data: bytes, *, what: str = "CRL") -> x509.CertificateRevocationList:
+    """A PEM or DER CRL, parsed once per exact byte string (bounded LRU)."""
+    data = bytes(data)
+    known = _CRLS.get(data)
+    if known is not None:
+        return known
     try:
         if b"-----BEGIN X509 CRL-----" in data:
-            return x509.load_pem_x509_crl(data)
-        return x509.load_der_x509_crl(data)
+            crl = x509.load_pem_x509_crl(data)
+        else:
+            crl = x509.load_der_x509_crl(data)
     except ValueError as exc:
         raise CertificateFormatError(f"{what}: not a PEM or DER CRL ({exc})") from exc
+    _der(crl)
+    _CRLS.put(data, crl)
+    return crl
 
 
 def fingerprint(cert: x509.Certificate) -> str:
@@ -92,17 +135,45 @@ def verify_chain(
     `crl_mode` "leaf" requires a valid CRL for the leaf's issuer, "all" for every issuer in
     the chain; a CRL past its nextUpdate at `at` fails the check, as OpenSSL decides.
     Raises ChainError with OpenSSL's reason and the subject of the certificate at fault.
-    """
-    from OpenSSL import crypto
 
-    store = crypto.X509Store()
+    A success is remembered under the exact DER of every certificate and CRL given and the
+    mode (certs/memo.py), and reused only while every certificate of the path it built and
+    every CRL given is valid at `at`; otherwise, and for every failure, OpenSSL decides again.
+    """
     root_list = list(roots)
     if not root_list:
         raise ChainError("no trust anchor given")
-    for root in root_list:
-        store.add_cert(_to_openssl(root))
     if at.tzinfo is None:
         raise ValueError("verify_chain: `at` must be timezone-aware")
+    used_crls = tuple(crls) if crl_mode != "none" else ()
+    key = (
+        crl_mode,
+        _der(leaf),
+        *(b"i" + _der(c) for c in intermediates),
+        *(b"r" + _der(c) for c in root_list),
+        *(b"c" + _der(c) for c in used_crls),
+    )
+    known = _PATHS.get(key)
+    if known is not None and known[1].hold_at(at):
+        return list(known[0])
+    chain = _openssl_verify(leaf, list(intermediates), root_list, at, used_crls, crl_mode)
+    _PATHS.put(key, (tuple(chain), memo.Windows.of(chain, used_crls)))
+    return chain
+
+
+def _openssl_verify(
+    leaf: x509.Certificate,
+    intermediates: list[x509.Certificate],
+    root_list: list[x509.Certificate],
+    at: dt.datetime,
+    crls: Sequence[x509.CertificateRevocationList],
+    crl_mode: CrlMode,
+) -> list[x509.Certificate]:
+    from OpenSSL import crypto
+
+    store = crypto.X509Store()
+    for root in root_list:
+        store.add_cert(_to_openssl(root))
     store.set_time(at.astimezone(dt.UTC).replace(tzinfo=None))
     if crl_mode != "none":
         for crl in crls:

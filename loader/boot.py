@@ -70,7 +70,7 @@ class BootState:
     attestation_failed: bool = False
     workload: WorkloadResult | None = None
     output: dict[str, Any] | None = None
-    wiped: dict[str, int] | None = None
+    wiped: dict[str, int | str] | None = None
     hash_seconds: float = 0.0
     gpu_attester: Any = None
     gpu_failure: str | None = None
@@ -162,7 +162,7 @@ def _stage_and_run(state: BootState) -> None:
                 _run(state, staging)
     finally:
         with _step(state, "wipe", "wiping staged inputs"):
-            state.wiped = multiparty.wipe_record(state, wipe(staging))
+            state.wiped = multiparty.wipe_record(state, wipe(staging, cfg.wipe))
 
 
 @contextlib.contextmanager
@@ -491,6 +491,7 @@ def _input_entry(m: Measurement, policy: ApprovedList | None) -> dict[str, Any]:
         "files": m.digest.files,
         "expected": approved.digest if approved else None,
         "ms": int(m.seconds * 1000),
+        "staging": m.spec.staging,
     }
 
 

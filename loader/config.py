@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import os
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from loader.errors import ConfigError, RunnerError
 from loader.ocirun import OciSettings
 from loader.policy import valid_name
 from loader.publish.settings import PublishSettings, parse_publish
-from loader.stage import FORMATS, InputSpec
+from loader.stage import FORMATS, STAGING_MODES, WIPE_METHODS, InputSpec
 
 MAX_CONFIG_BYTES = 256 * 1024
 DEFAULT_TIMEOUT = 3600
@@ -75,6 +75,7 @@ class LoaderConfig:
     grants: GrantSettings | None = None
     output_recipient: Path | None = None
     collateral: CollateralSettings = field(default_factory=CollateralSettings)
+    wipe: str = "auto"
 
 
 class _Section:
@@ -185,6 +186,7 @@ def _parse(data: dict[str, Any], source: Path, ca_url: str | None) -> LoaderConf
     policy.finish()
     run = _run(top.table("run", required=True))
     inputs = _inputs(top.table("inputs", required=True), base, run.oci.platform if run.oci else None)
+    inputs, wipe = _staging(top.table("staging"), inputs)
     grants = _grants(top.table("grants"), base, inputs)
     output = top.table("output")
     recipient = output.optional_path("recipient", base)
@@ -224,6 +226,7 @@ def _parse(data: dict[str, Any], source: Path, ca_url: str | None) -> LoaderConf
         grants=grants,
         output_recipient=recipient,
         collateral=collateral,
+        wipe=wipe,
     )
     top.finish()
     return cfg
@@ -294,6 +297,33 @@ def _inputs(section: _Section, base: Path, platform: str | None) -> tuple[InputS
         specs.append(InputSpec("config", "config", config))
     section.finish()
     return tuple(specs)
+
+
+def input_key(spec: InputSpec) -> str:
+    """How `[staging.inputs]` names an input: "engine", "config" or "dataset:NAME"."""
+    return f"dataset:{spec.name}" if spec.role == "dataset" else spec.role
+
+
+def _staging(section: _Section, inputs: tuple[InputSpec, ...]) -> tuple[tuple[InputSpec, ...], str]:
+    """`[staging]`: mode (copy|move) for every input, per-input overrides, and the wipe method."""
+    mode = section.get("mode", str, "copy")
+    if mode not in STAGING_MODES:
+        raise section.error("mode", f"expected one of {list(STAGING_MODES)}, found {mode!r}")
+    wipe = section.get("wipe", str, "auto")
+    if wipe not in WIPE_METHODS:
+        raise section.error("wipe", f"expected one of {list(WIPE_METHODS)}, found {wipe!r}")
+    overrides = section.table("inputs")
+    known = {input_key(s) for s in inputs}
+    for key in sorted(overrides.data):
+        if key not in known:
+            raise overrides.error(key, f"not an input; expected one of {sorted(known)}")
+        value = overrides.get(key, str)
+        if value not in STAGING_MODES:
+            raise overrides.error(key, f"expected one of {list(STAGING_MODES)}, found {value!r}")
+    overrides.finish()
+    section.finish()
+    specs = tuple(replace(s, staging=overrides.data.get(input_key(s), mode)) for s in inputs)
+    return specs, wipe
 
 
 def _run(section: _Section) -> RunSettings:

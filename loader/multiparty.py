@@ -283,5 +283,5 @@ def _encrypted(state: BootState, name: str) -> dict[str, Any] | None:
     }
 
 
-def wipe_record(state: BootState, wiped: dict[str, int]) -> dict[str, int]:
+def wipe_record(state: BootState, wiped: dict[str, int | str]) -> dict[str, int | str]:
     return {**wiped, "decrypted": len(state.party.decrypted)}

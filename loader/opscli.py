@@ -35,7 +35,11 @@ def cmd_config_check(args: argparse.Namespace) -> int:
             "file": str(cfg.path),
             "tee": cfg.tee,
             "job_id": cfg.job_id,
-            "inputs": [{"role": i.role, "name": i.name, "path": str(i.path)} for i in cfg.inputs],
+            "inputs": [
+                {"role": i.role, "name": i.name, "path": str(i.path), "staging": i.staging}
+                for i in cfg.inputs
+            ],
+            "wipe": cfg.wipe,
             "overrides": overrides,
         }
         json.dump(doc, sys.stdout, indent=2, sort_keys=True)

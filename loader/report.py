@@ -11,7 +11,8 @@ Payload fields (all keys text, no floats, times as RFC 3339 UTC strings):
   policy     {digest, document: bstr,            the approved list, byte for byte
               signatures: [{file, cose: bstr}],  the parties' detached COSE_Sign1 envelopes as read
               signers: [{name, key: bstr (SPKI DER), required: bool}]}  the configured trusted signers
-  inputs     [{role, name, kind, digest, size, files, expected, ms, encrypted}]
+  inputs     [{role, name, kind, digest, size, files, expected, ms, encrypted, staging?}]
+             staging: "copy" | "move", how the input reached the staging directory
              encrypted: null | {digest, size, grant} for a dataset that arrived encrypted: the
              ciphertext's digest and size and the grant file's digest; `digest` is then the
              plaintext's, or "" when the job aborted before it was decrypted
@@ -20,7 +21,11 @@ Payload fields (all keys text, no floats, times as RFC 3339 UTC strings):
   decision   {verdict: "run"|"abort", reasons: [text]}
   workload   null | {exit_code, timed_out, ms, error, output}
   hashing    {bytes, ms, rate}                   rate in bytes per second
-  wipe       null | {files, overwritten, decrypted}   decrypted: datasets decrypted in staging
+  wipe       null | {files, overwritten, decrypted, method?, requested?, medium?}
+             decrypted: datasets decrypted in staging; method: "overwrite" | "unlink" (used),
+             requested: "auto" | "overwrite" | "unlink" (configured), medium: the staging file
+             system ("tmpfs", "ext4", "0x<magic>")
+  Fields marked ? were added after the first reports: absent in those, present in new ones.
   timestamps {started, measured, decided, finished}
 """
 
@@ -61,6 +66,15 @@ def sign_report(payload: dict[str, Any], *, x5chain: list[bytes], sign: Callable
 
 
 _TEXT, _BYTES, _INT, _BOOL, _LIST, _MAP = str, bytes, int, bool, list, dict
+
+
+@dataclass(frozen=True)
+class _Added:
+    """A field added to the format later: absent in older reports, checked when present."""
+
+    kind: Any
+
+
 _SCHEMA: dict[str, Any] = {
     "format": _TEXT,
     "loader": {"name": _TEXT, "version": _TEXT},
@@ -93,7 +107,17 @@ _SCHEMA: dict[str, Any] = {
         },
     ),
     "hashing": {"bytes": _INT, "ms": _INT, "rate": _INT},
-    "wipe": (type(None), {"files": _INT, "overwritten": _INT, "decrypted": _INT}),
+    "wipe": (
+        type(None),
+        {
+            "files": _INT,
+            "overwritten": _INT,
+            "decrypted": _INT,
+            "method": _Added(_TEXT),
+            "requested": _Added(_TEXT),
+            "medium": _Added(_TEXT),
+        },
+    ),
     "timestamps": {"started": _TEXT, "measured": _TEXT, "decided": _TEXT, "finished": _TEXT},
 }
 _INPUT = {
@@ -106,7 +130,10 @@ _INPUT = {
     "expected": (type(None), _TEXT),
     "ms": _INT,
     "encrypted": (type(None), _MAP),
+    "staging": _Added(_TEXT),
 }
+STAGING_MODES = ("copy", "move")
+WIPE_METHODS = ("overwrite", "unlink")
 _ENCRYPTED = {"digest": _TEXT, "size": _INT, "grant": _TEXT}
 _SIGNATURE = {"file": _TEXT, "cose": _BYTES}
 _SIGNER = {"name": _TEXT, "key": _BYTES, "required": _BOOL}
@@ -135,11 +162,15 @@ def _check_value(value: object, kind: Any, path: str) -> None:
 def _check_map(obj: object, schema: dict[str, Any], where: str) -> None:
     if not isinstance(obj, dict):
         raise ReportError(f"report payload: {where or 'top level'}: expected a map")
-    if set(obj) != set(schema):
-        diff = sorted(set(obj) ^ set(schema), key=str)
+    required = {k for k, kind in schema.items() if not isinstance(kind, _Added)}
+    if not required <= set(obj) <= set(schema):
+        diff = sorted((set(obj) - set(schema)) | (required - set(obj)), key=str)
         raise ReportError(f"report payload: {where or 'top level'}: unexpected or missing field {diff[0]!r}")
     for key, kind in schema.items():
-        _check_value(obj[key], kind, f"{where}.{key}" if where else key)
+        if key in obj:
+            _check_value(
+                obj[key], kind.kind if isinstance(kind, _Added) else kind, f"{where}.{key}" if where else key
+            )
 
 
 def check_payload(payload: object) -> dict[str, Any]:
@@ -153,6 +184,7 @@ def check_payload(payload: object) -> dict[str, Any]:
         _check_map(item, _INPUT, f"inputs[{i}]")
         if item["encrypted"] is not None:
             _check_map(item["encrypted"], _ENCRYPTED, f"inputs[{i}].encrypted")
+    _check_enums(payload)
     for i, item in enumerate(payload["policy"]["signatures"]):
         _check_map(item, _SIGNATURE, f"policy.signatures[{i}]")
     for i, item in enumerate(payload["policy"]["signers"]):
@@ -169,6 +201,15 @@ def check_payload(payload: object) -> dict[str, Any]:
         except ValueError as exc:
             raise ReportError(f"report payload: timestamps.{key}: not an RFC 3339 UTC time") from exc
     return payload
+
+
+def _check_enums(payload: dict[str, Any]) -> None:
+    for i, item in enumerate(payload["inputs"]):
+        if item.get("staging", "copy") not in STAGING_MODES:
+            raise ReportError(f"report payload: inputs[{i}].staging: expected one of {STAGING_MODES}")
+    wipe = payload["wipe"]
+    if wipe is not None and wipe.get("method", "overwrite") not in WIPE_METHODS:
+        raise ReportError(f"report payload: wipe.method: expected one of {WIPE_METHODS}")
 
 
 @dataclass(frozen=True)

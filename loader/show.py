@@ -162,7 +162,8 @@ def _inputs(report: Report) -> Section:
         state, tone = _approval(i)
         if i.get("encrypted") and not i["digest"]:
             state, tone = "encrypted, not decrypted", "warn"
-        detail = f"{i['kind']}, {size_text(i['size'])}, {i['files']} file(s), {i['ms']} ms, {state}"
+        moved = ", moved into staging" if i.get("staging") == "move" else ""
+        detail = f"{i['kind']}, {size_text(i['size'])}, {i['files']} file(s), {i['ms']} ms{moved}, {state}"
         rows.append(Row(label, f"{i['digest'] or '-'}  {detail}", tone))
         if i.get("encrypted"):
             rows.append(Row("ciphertext", str(i["encrypted"]["digest"])))
@@ -198,6 +199,15 @@ def _seconds(start: str, end: str) -> str:
     return f"{delta:.3f} s"
 
 
+def _wipe_text(wipe: dict[str, Any]) -> str:
+    counts = f"{wipe['files']} file(s), {wipe['overwritten']} overwritten, {wipe['decrypted']} decrypted"
+    if "method" not in wipe:
+        return counts
+    how = f"by {wipe['method']}" + (f" on {wipe['medium']}" if "medium" in wipe else "")
+    chosen = f" (configured {wipe['requested']})" if "requested" in wipe else ""
+    return f"{counts}, {how}{chosen}"
+
+
 def _timings(report: Report) -> Section:
     p = report.payload
     t, h = p["timestamps"], p["hashing"]
@@ -211,9 +221,7 @@ def _timings(report: Report) -> Section:
     ]
     wipe = p["wipe"]
     if isinstance(wipe, dict):
-        rows.append(
-            Row("wiped", ", ".join(f"{k} {v}" for k, v in sorted(wipe.items(), key=lambda kv: str(kv[0]))))
-        )
+        rows.append(Row("wiped", _wipe_text(wipe)))
     rows.append(Row("events", f"{len(p['events'])} runtime-register extension(s)"))
     return Section("Timings", tuple(rows))
 

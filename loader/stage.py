@@ -1,4 +1,10 @@
-"""Staging: copy each input into the loader's private directory while hashing it, in one pass.
+"""Staging: copy (or move) each input into the loader's private directory, and hash it.
+
+Two modes, chosen per input in the configuration (docs/staging.md):
+- copy (default), for storage the host or another party can still write: each byte is hashed
+  as it is written to the staged copy, in one pass;
+- move, for inputs already in CVM-private storage owned by the loader: a rename into staging,
+  sealed read-only, then hashed from there (loader.move).
 
 The workload is started from the staged copy only. A change to the original after it was read
 cannot reach the engine, and what the engine reads is exactly what was hashed: each byte is
@@ -22,6 +28,8 @@ from loader.errors import InputError
 
 ROLES = ("engine", "dataset", "config")
 FORMATS = ("auto", "plain", "oci")
+STAGING_MODES = ("copy", "move")
+WIPE_METHODS = ("auto", "overwrite", "unlink")
 
 
 @dataclass(frozen=True)
@@ -35,6 +43,7 @@ class InputSpec:
     path: Path
     format: str = "plain"
     platform: str | None = None
+    staging: str = "copy"
 
     @property
     def label(self) -> str:
@@ -89,7 +98,7 @@ def _stage_tree(src: Path, dest: Path, workers: int | None, meter: Meter | None)
 def stage_input(
     spec: InputSpec, staging: Path, *, workers: int | None = None, meter: Meter | None = None
 ) -> Measurement:
-    """Copy `spec.path` to staging/<role>/<name> and measure it on the way."""
+    """Copy (or move) `spec.path` to staging/<role>/<name> and measure it."""
     dest = staging / spec.role / spec.name
     dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
@@ -101,7 +110,21 @@ def stage_input(
         raise InputError(f"{spec.path}: {spec.label} is a symbolic link; give the real path")
     if spec.format not in FORMATS:
         raise InputError(f"{spec.path}: {spec.label}: format must be one of {FORMATS}, found {spec.format!r}")
-    if spec.format == "oci" or (spec.format == "auto" and _looks_like_oci(spec.path)):
+    if spec.staging not in STAGING_MODES:
+        raise InputError(
+            f"{spec.path}: {spec.label}: staging must be one of {STAGING_MODES}, found {spec.staging!r}"
+        )
+    oci_image = spec.format == "oci" or (spec.format == "auto" and _looks_like_oci(spec.path))
+    if spec.staging == "move":
+        if oci_image:
+            raise InputError(
+                f"{spec.path}: {spec.label}: staging 'move' is for plain files and directories, "
+                "found an OCI image (it is staged as a fresh layout); use 'copy'"
+            )
+        from loader.move import move_input
+
+        digest = move_input(spec.path, dest, spec.label, workers=workers, meter=meter)
+    elif oci_image:
         from loader import oci
 
         digest = oci.stage_image(spec.path, dest, platform=spec.platform, meter=meter)
@@ -132,21 +155,40 @@ def make_private_dir(path: Path) -> Path:
     return path
 
 
-def wipe(path: Path) -> dict[str, int]:
-    """Overwrite every staged file with zeros, then remove the tree. Returns counts."""
+def wipe_method(path: Path, requested: str) -> tuple[str, str]:
+    """(method, medium): "unlink" for memory-backed staging under "auto", else "overwrite";
+    an explicit "overwrite" or "unlink" is used as configured. Anything unexpected (an unknown
+    method, a file system statfs cannot tell) falls back to "overwrite": the wipe runs anyway."""
+    from loader.medium import filesystem, is_memory_backed
+
+    try:
+        medium = filesystem(path if path.exists() else path.parent)
+    except InputError:
+        medium = "unknown"
+    if requested in ("overwrite", "unlink"):
+        return requested, medium
+    return ("unlink" if requested == "auto" and is_memory_backed(medium) else "overwrite"), medium
+
+
+def wipe(path: Path, requested: str = "auto") -> dict[str, int | str]:
+    """Release the staged tree: overwrite every file with zeros first unless the method is
+    "unlink" (memory-backed staging, or staging encrypted under an ephemeral key), then remove
+    it. Returns counts, the method used, the one configured and the file system found."""
+    method, medium = wipe_method(path, requested)
+    record: dict[str, int | str] = {"method": method, "requested": requested, "medium": medium}
     files = overwritten = 0
     if not path.exists():
-        return {"files": 0, "overwritten": 0}
+        return {"files": 0, "overwritten": 0, **record}
     for dirpath, dirnames, filenames in os.walk(path):
         os.chmod(dirpath, 0o700)
         for name in filenames:
-            target = Path(dirpath) / name
             files += 1
-            overwritten += _zero(target)
+            if method == "overwrite":
+                overwritten += _zero(Path(dirpath) / name)
         for name in dirnames:
             os.chmod(Path(dirpath) / name, 0o700, follow_symlinks=False)
     shutil.rmtree(path)
-    return {"files": files, "overwritten": overwritten}
+    return {"files": files, "overwritten": overwritten, **record}
 
 
 def _zero(target: Path) -> int:

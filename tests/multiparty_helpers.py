@@ -41,7 +41,7 @@ def install_probe(monkeypatch: object) -> Probe:
         probe.decrypt_calls.append(name)
         return real_decrypt(src, name, dek, dest)
 
-    def snapshot_wipe(path: Path) -> dict[str, int]:
+    def snapshot_wipe(path: Path, requested: str = "auto") -> dict[str, int | str]:
         for dirpath, _, files in os.walk(path):
             for name in files:
                 target = Path(dirpath) / name
@@ -50,7 +50,7 @@ def install_probe(monkeypatch: object) -> Probe:
                 data = target.read_bytes()
                 if any(m in data for m in MARKERS):
                     probe.plaintext_at_wipe.append(str(target.relative_to(path)))
-        return real_wipe(path)
+        return real_wipe(path, requested)
 
     monkeypatch.setattr(grants, "decrypt_dataset", spy_decrypt)  # type: ignore[attr-defined]
     monkeypatch.setattr(bootmod, "wipe", snapshot_wipe)  # type: ignore[attr-defined]

@@ -43,7 +43,7 @@ def _recorded(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, tupl
 
     def spy(self, key, kind, default=...):  # type: ignore[no-untyped-def]
         name = self._key(key)
-        if not name.startswith(("inputs.datasets.", "policy.signers.")):
+        if not name.startswith(("inputs.datasets.", "policy.signers.", "staging.inputs.")):
             seen.setdefault(name, (kind, default))  # the first ask says whether it is optional
         return original(self, key, kind, default)
 
@@ -79,7 +79,12 @@ def test_the_example_sets_every_documented_key() -> None:
         for key, value in table.items():
             name = f"{prefix}{key}"
             keys.add(name)
-            if isinstance(value, dict) and name not in ("inputs.datasets", "run.env", "policy.signers"):
+            if isinstance(value, dict) and name not in (
+                "inputs.datasets",
+                "run.env",
+                "policy.signers",
+                "staging.inputs",
+            ):
                 keys |= flatten(value, name + ".")
         return keys
 

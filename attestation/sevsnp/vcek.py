@@ -8,13 +8,14 @@ chip ID (64 bytes; 8 on Turin) without DER wrapping; .5 cspID names the VLEK's c
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from asn1crypto import core, x509
 
 from attestation.errors import ASN1_PARSE_ERRORS, EvidenceFormatError
 from attestation.sevsnp import products
 from attestation.sevsnp.products import Product
+from certs import memo
 
 ARC = "1.3.6.1.4.1.3704.1"
 OID_STRUCT_VERSION = f"{ARC}.1"
@@ -74,8 +75,22 @@ def _ia5(raw: bytes, oid: str, what: str) -> str:
         raise EvidenceFormatError(f"{what}: extension {oid} is not a DER IA5String") from exc
 
 
+_PARSED: memo.Lru[bytes, KeyCertInfo] = memo.cache()
+
+
 def parse(der: bytes, *, what: str = "VCEK") -> KeyCertInfo:
-    """Read the AMD extensions of one DER certificate; EvidenceFormatError if malformed."""
+    """Read the AMD extensions of one DER certificate; EvidenceFormatError if malformed.
+
+    Parsed once per exact DER (bounded LRU); each caller gets its own `spls` dict."""
+    der = bytes(der)
+    known = _PARSED.get(der)
+    if known is None:
+        known = _parse(der, what)
+        _PARSED.put(der, known)
+    return replace(known, spls=dict(known.spls))
+
+
+def _parse(der: bytes, what: str) -> KeyCertInfo:
     if len(der) > MAX_CERT_BYTES:
         raise EvidenceFormatError(f"{what}: {len(der)} bytes, more than {MAX_CERT_BYTES}")
     try:

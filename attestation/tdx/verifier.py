@@ -19,6 +19,7 @@ import functools
 import hashlib
 import hmac
 from collections.abc import Mapping
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -33,6 +34,7 @@ from attestation.errors import AttestationError, CollateralError, EvidenceFormat
 from attestation.evidence import ChecksBuilder, Evidence, Result, Trust
 from attestation.tdx import collateral as coll
 from attestation.tdx import pck, quote, tcb
+from certs import memo
 from certs.chain import load_certificates, load_crl, verify_chain
 from certs.errors import CertsError
 
@@ -95,6 +97,68 @@ def _same_as_verified(embedded: list[x509.Certificate], verified: list[x509.Cert
         raise EvidenceFormatError(
             "PCK certificate chain: embedded certificates differ from the validated chain"
         )
+
+
+@dataclass(frozen=True)
+class _Verified:
+    """What a full check derived from exact bytes, reused while `windows` hold at a call's `at`."""
+
+    value: Any
+    windows: memo.Windows
+
+
+def _exact(value: bytes | None) -> bytes | None:
+    """A cache-key part: the exact bytes (a bytearray or memoryview copied), None when absent."""
+    return None if value is None else bytes(value)
+
+
+_PCK_PATHS: memo.Lru[memo.Key, _Verified] = memo.cache()
+_PCK_EXTENSIONS: memo.Lru[bytes, pck.PckExtensions] = memo.cache()
+_SIGNED: memo.Lru[memo.Key, _Verified] = memo.cache()
+
+
+def _verified_pck_chain(
+    run: _Run, q: quote.Quote, crls: list[x509.CertificateRevocationList], mode: str
+) -> list[x509.Certificate]:
+    """The embedded PCK chain, validated to the root at `run.at` with the CRLs: in full on the
+    first call for these exact bytes (chain, roots, CRLs, mode), then only its validity windows."""
+    col = run.trust.collateral
+    key = (
+        _exact(q.pck_chain_pem),
+        _exact(run.trust.roots.get(ROOT_KEY)),
+        _exact(col.get(coll.PCK_CRL)),
+        _exact(col.get(coll.ROOT_CA_CRL)),
+        mode,
+    )
+    known = _PCK_PATHS.get(key)
+    if known is not None and known.windows.hold_at(run.at):
+        return list(known.value)
+    certs = _pck_chain_certs(q)
+    chain = verify_chain(
+        certs[0],
+        intermediates=certs[1:],
+        roots=_roots(run.trust),
+        at=run.at,
+        crls=crls,
+        crl_mode=mode,  # type: ignore[arg-type]
+    )
+    _same_as_verified(certs, chain)
+    if _cn(certs[0]) != PCK_LEAF_CN:
+        raise EvidenceFormatError(
+            f"PCK certificate chain: leaf is {_cn(certs[0])!r}, expected {PCK_LEAF_CN!r}"
+        )
+    _PCK_PATHS.put(key, _Verified(tuple(certs), memo.Windows.of(chain, crls if mode != "none" else ())))
+    return certs
+
+
+def _pck_extensions(pem: bytes, leaf: x509.Certificate) -> pck.PckExtensions:
+    """The leaf's SGX extensions, parsed once per exact chain bytes (the leaf is their first cert)."""
+    pem = bytes(pem)
+    known = _PCK_EXTENSIONS.get(pem)
+    if known is None:
+        known = pck.parse_extensions(leaf)
+        _PCK_EXTENSIONS.put(pem, known)
+    return known
 
 
 def _cn(cert: x509.Certificate) -> str:
@@ -208,15 +272,7 @@ def _quote_checks(run: _Run, q: quote.Quote) -> pck.PckExtensions | None:
         crls, mode, revocation_ok = [], "none", False
         checks.fail("pck_revocation", str(exc))
     try:
-        certs = _pck_chain_certs(q)
-        chain = verify_chain(
-            certs[0], intermediates=certs[1:], roots=_roots(run.trust), at=run.at, crls=crls, crl_mode=mode
-        )
-        _same_as_verified(certs, chain)
-        if _cn(certs[0]) != PCK_LEAF_CN:
-            raise EvidenceFormatError(
-                f"PCK certificate chain: leaf is {_cn(certs[0])!r}, expected {PCK_LEAF_CN!r}"
-            )
+        certs = _verified_pck_chain(run, q, crls, mode)
         leaf = certs[0]
         checks.ok(
             "pck_chain", f"{PCK_LEAF_CN} (until {leaf.not_valid_after_utc:%Y-%m-%d}) ← {_cn(certs[1])} ← root"
@@ -236,7 +292,7 @@ def _quote_checks(run: _Run, q: quote.Quote) -> pck.PckExtensions | None:
             run.claims["crl_checked"] = False
     if leaf is not None:
         try:
-            ext = pck.parse_extensions(leaf)
+            ext = _pck_extensions(q.pck_chain_pem, leaf)
             checks.ok(
                 "pck_extensions", f"FMSPC {ext.fmspc.hex()}, PCE-ID {ext.pceid.hex()}, PCESVN {ext.pcesvn}"
             )
@@ -368,14 +424,36 @@ def _collateral_checks(run: _Run, q: quote.Quote, ext: pck.PckExtensions | None)
     )
 
 
-def _signed_piece(run: _Run, name: str, file: str, chain_file: str, parse: Any) -> Any:
+def _verified_piece(run: _Run, file: str, chain_file: str, parse: Any) -> tuple[Any, str]:
+    """A TCB Info or QE Identity, parsed and its signer verified in full on the first call for
+    these exact bytes (document, issuer chain, roots, Root CA CRL), then only the validity windows
+    of every certificate and CRL involved."""
     col: Mapping[str, bytes] = run.trust.collateral
+    key = (
+        file,
+        _exact(col[file]),
+        _exact(col[chain_file]),
+        _exact(run.trust.roots.get(ROOT_KEY)),
+        _exact(col.get(coll.ROOT_CA_CRL)),
+    )
+    known = _SIGNED.get(key)
+    if known is not None and known.windows.hold_at(run.at):
+        return known.value  # type: ignore[no-any-return]
+    piece = parse(col[file], file)
+    root_crl = load_crl(col[coll.ROOT_CA_CRL], what=coll.ROOT_CA_CRL) if coll.ROOT_CA_CRL in col else None
+    roots = _roots(run.trust)
+    detail = coll.verify_signer(
+        piece.signed, col[chain_file], roots=roots, at=run.at, root_crl=root_crl, what=file
+    )
+    signers = load_certificates(col[chain_file], what=f"{file} issuer chain")
+    windows = memo.Windows.of([*signers, *roots], [root_crl] if root_crl is not None else [])
+    _SIGNED.put(key, _Verified((piece, detail), windows))
+    return piece, detail
+
+
+def _signed_piece(run: _Run, name: str, file: str, chain_file: str, parse: Any) -> Any:
     try:
-        piece = parse(col[file], file)
-        root_crl = load_crl(col[coll.ROOT_CA_CRL], what=coll.ROOT_CA_CRL) if coll.ROOT_CA_CRL in col else None
-        detail = coll.verify_signer(
-            piece.signed, col[chain_file], roots=_roots(run.trust), at=run.at, root_crl=root_crl, what=file
-        )
+        piece, detail = _verified_piece(run, file, chain_file, parse)
     except (CollateralError, CertsError) as exc:
         run.checks.fail(name, str(exc))
         return None
