@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
     from cryptography import x509
 
+    from loader.config import LoaderConfig
     from loader.publish.deliver import Outcome
     from loader.publish.sinks import Sink
 
@@ -42,12 +43,19 @@ DEFAULT_DEPLOY_TIMEOUT = 120.0
 
 
 def _evm():
+    import importlib.util
+
+    if importlib.util.find_spec("web3") is None:
+        raise ConfigError(
+            "publishing to a chain needs web3, which is not installed: "
+            "pip install 'cvm-trusted-loader[chain]'"
+        )
     try:
         from loader.publish import evm
     except ImportError as exc:
         raise ConfigError(
-            f"publishing to a chain needs web3 ({exc.name} is missing): "
-            "pip install 'cvm-trusted-loader[chain]'"
+            f"publishing to a chain: web3 is installed but cannot be imported ({exc.name} is missing): "
+            "reinstall with pip install 'cvm-trusted-loader[chain]'"
         ) from exc
     return evm
 
@@ -132,8 +140,14 @@ def make_sinks(settings: PublishSettings) -> list[Sink]:
     return sinks
 
 
-def prepare(cfg_publish: PublishSettings, args: argparse.Namespace) -> tuple[PublishSettings, list[Sink]]:
-    settings = override(cfg_publish, args)
+def prepare(cfg: LoaderConfig, args: argparse.Namespace) -> tuple[PublishSettings, list[Sink]]:
+    """The publish settings with the command line's overrides, validated as `config check`
+    validates them (loader.preflight), then the sinks: all before the job attests."""
+    from loader.preflight import preflight
+
+    settings = override(cfg.publish, args)
+    for warning in preflight(cfg, settings):
+        log.warning("%s", warning)
     return settings, make_sinks(settings) if settings.enabled else []
 
 

@@ -50,7 +50,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     notifier = Notifier.from_env()
     try:
         cfg = load_config(args.config, ca_url=args.ca_url)
-        settings, sinks = chain_cli.prepare(cfg.publish, args)
+        settings, sinks = chain_cli.prepare(cfg, args)
     except LoaderError:
         notifier.status("invalid configuration")
         raise  # one "error: FILE: KEY: ..." line, as every command prints it

@@ -24,10 +24,14 @@ DEVICE_UNITS = {"tdx": "dev-tdx_guest.device", "sev-snp": "dev-sev\\x2dguest.dev
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
+    """The file's shape (load_config), then exactly what `run` validates before it attests
+    (loader.preflight): what run would refuse, check refuses, naming the file and the key."""
     from loader.config import load_config
+    from loader.preflight import preflight
     from loader.secretfiles import active
 
     cfg = load_config(args.file)
+    warnings = preflight(cfg)
     overrides = active()
     if args.json:
         doc = {
@@ -36,12 +40,20 @@ def cmd_config_check(args: argparse.Namespace) -> int:
             "tee": cfg.tee,
             "job_id": cfg.job_id,
             "inputs": [{"role": i.role, "name": i.name, "path": str(i.path)} for i in cfg.inputs],
+            "directories": {
+                "staging_dir": str(cfg.staging_dir),
+                "spool_dir": str(cfg.spool_dir),
+                "output_dir": str(cfg.output_dir),
+            },
             "overrides": overrides,
+            "warnings": warnings,
         }
         json.dump(doc, sys.stdout, indent=2, sort_keys=True)
         sys.stdout.write("\n")
     for key, path in sorted(overrides.items()):
         print(f"{args.file}: {key} overridden from the environment: {path}", file=sys.stderr)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"{args.file}: valid (tee {cfg.tee}, {len(cfg.inputs)} inputs)", file=sys.stderr)
     return EXIT_OK
 
@@ -62,15 +74,46 @@ def _device_deps(tee: str | None) -> str:
     return f"Wants={unit}\nAfter={unit}"
 
 
-def _tee_for(args: argparse.Namespace) -> str | None:
-    if args.tee != "from-config":
-        return None if args.tee == "none" else str(args.tee)
+def _load_for_unit(path: Path) -> Any:
     from loader.config import load_config
 
-    if not args.config.exists():
-        print(f"install-unit: {args.config} does not exist yet; no TEE device dependency", file=sys.stderr)
+    if not path.exists():
+        print(f"install-unit: {path} does not exist yet; no TEE device dependency", file=sys.stderr)
         return None
-    return load_config(args.config).tee
+    return load_config(path)
+
+
+def _tee_for(args: argparse.Namespace, cfg: Any) -> str | None:
+    if args.tee != "from-config":
+        return None if args.tee == "none" else str(args.tee)
+    return None if cfg is None else str(cfg.tee)
+
+
+# What the unit leaves writable under ProtectSystem=strict: its StateDirectory= (and, private
+# to the unit and emptied when it stops, PrivateTmp='s /tmp and /var/tmp).
+UNIT_STATE_DIR = Path("/var/lib/trusted-loader")
+_UNIT_PRIVATE_TMP = (Path("/tmp"), Path("/var/tmp"))  # noqa: S108 (names, never written)
+
+
+def sandbox_warnings(cfg: Any) -> list[str]:
+    """One line per configured directory the unit's sandbox would not let the loader keep."""
+    from loader.preflight import written_dirs
+
+    found = []
+    for key, path in written_dirs(cfg, cfg.publish):
+        if path == UNIT_STATE_DIR or path.is_relative_to(UNIT_STATE_DIR):
+            continue
+        if any(path.is_relative_to(t) for t in _UNIT_PRIVATE_TMP):
+            found.append(
+                f"{cfg.path}: {key}: {path} is in the unit's private /tmp, emptied when the unit stops; "
+                f"use a path under {UNIT_STATE_DIR}"
+            )
+        else:
+            found.append(
+                f"{cfg.path}: {key}: {path} is read-only under the unit's ProtectSystem=strict; "
+                f"use a path under {UNIT_STATE_DIR} (or add it to ReadWritePaths=)"
+            )
+    return found
 
 
 def render_unit(*, exec_argv: list[str], config: Path, tee: str | None) -> str:
@@ -103,7 +146,10 @@ def _write(path: Path, text: str, force: bool) -> None:
 def cmd_install_unit(args: argparse.Namespace) -> int:
     if not args.config.is_absolute():
         raise LoaderError(f"--config: expected an absolute path, found {str(args.config)!r}")
-    unit = render_unit(exec_argv=_exec_argv(args.exec), config=args.config, tee=_tee_for(args))
+    cfg = _load_for_unit(args.config) if args.tee == "from-config" or args.config.exists() else None
+    for warning in sandbox_warnings(cfg) if cfg is not None else []:
+        print(f"warning: {warning}", file=sys.stderr)
+    unit = render_unit(exec_argv=_exec_argv(args.exec), config=args.config, tee=_tee_for(args, cfg))
     prefix = args.prefix
     _write(prefix / "etc/systemd/system" / UNIT_NAME, unit, args.force)
     rules = resources.files("loader.systemd").joinpath(RULES_NAME).read_text(encoding="utf-8")
