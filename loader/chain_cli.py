@@ -97,7 +97,9 @@ def add_commands(sub: Any, report_sub: Any) -> None:
     )
     deploy = chain.add_parser("deploy", help="deploy a ReportRegistry; prints its address")
     _chain_options(deploy, contract=False, key=True, required=True)
-    deploy.add_argument("--timeout", type=_seconds, default=DEFAULT_DEPLOY_TIMEOUT)
+    deploy.add_argument(
+        "--timeout", type=_seconds, default=DEFAULT_DEPLOY_TIMEOUT, help="seconds to wait for the deployment"
+    )
     deploy.set_defaults(func=cmd_chain_deploy)
 
     publish = sub.add_parser("publish", help="deliver the spool's pending reports to a chain")
@@ -109,7 +111,7 @@ def add_commands(sub: Any, report_sub: Any) -> None:
     publish.add_argument(
         "--respect-backoff", action="store_true", help="skip reports whose persisted retry time is not due"
     )
-    publish.add_argument("--json", action="store_true")
+    publish.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     publish.set_defaults(func=cmd_publish)
 
     fetch = report_sub.add_parser("fetch", help="fetch a published report by its digest")
@@ -117,8 +119,10 @@ def add_commands(sub: Any, report_sub: Any) -> None:
     fetch.add_argument(
         "--digest", required=True, help="sha256:<hex>, as `trusted-loader digest REPORT` prints"
     )
-    fetch.add_argument("-o", "--output", type=Path, required=True)
-    fetch.add_argument("--timeout", type=_seconds, default=30.0)
+    fetch.add_argument("-o", "--output", type=Path, required=True, help="where to write the report")
+    fetch.add_argument(
+        "--timeout", type=_seconds, default=30.0, help="seconds to wait for the node (default 30)"
+    )
     fetch.set_defaults(func=cmd_report_fetch)
 
 

@@ -170,15 +170,19 @@ def cmd_report_show(args: argparse.Namespace) -> int:
     Exit 0 whenever the report could be rendered, verified or not (the verification outcome
     is part of what is shown); `report verify` is the command whose exit code is the verdict.
     """
+    from loader.errors import ReportError
     from loader.html import render_html
     from loader.report import parse_report
     from loader.show import render_text
 
     raw = read_bounded(args.report, "report")
-    report = parse_report(raw)
+    try:
+        report = parse_report(raw)
+    except ReportError as exc:
+        raise ReportError(f"{args.report}: {exc}") from None
     check = None if args.no_verify else _verification(args, raw)
     if args.json:
-        text = json.dumps(_json_doc(report, check), indent=2, sort_keys=True) + "\n"
+        text = json.dumps(_json_doc(report, check), indent=2) + "\n"
     elif args.html:
         text = render_html(report, check)
     else:
@@ -194,26 +198,33 @@ def cmd_report_show(args: argparse.Namespace) -> int:
 
 
 def _json_doc(report: Any, check: Any) -> dict[str, Any]:
+    """Trust first, then the verification, then the decision, then the rest of the payload."""
     from loader.cli import _jsonable
+    from loader.show import trust_of
 
-    doc = {"digest": report.digest, **_jsonable(report.payload)}
+    payload = _jsonable(report.payload)
+    doc: dict[str, Any] = {
+        "trust": trust_of(check),
+        "verification": None if check is None else check.to_json(),
+        "decision": payload.pop("decision"),
+        "digest": report.digest,
+    }
+    doc.update(sorted(payload.items()))
     doc["certificates"] = [c.subject.rfc4514_string() for c in report.chain]
-    if check is not None:
-        doc["verification"] = check.to_json()
     return doc
 
 
 def add_report_show(report_sub: Any, time_type: Any) -> None:
     show = report_sub.add_parser("show", help="readable summary (or --json, --html) of a report")
-    show.add_argument("report", type=Path)
+    show.add_argument("report", type=Path, help="the report (COSE_Sign1 CBOR file)")
     fmt = show.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="the payload and verification as JSON")
     fmt.add_argument("--html", action="store_true", help="a self-contained HTML page for an auditor")
     show.add_argument("-o", "--output", type=Path, help="write to this file instead of stdout")
     show.add_argument("--no-verify", action="store_true", help="only decode; do not verify")
-    show.add_argument("--ca", type=Path)
-    show.add_argument("--at", type=time_type)
-    show.add_argument("--allow-mock", action="store_true")
+    show.add_argument("--ca", type=Path, help="CA certificate (PEM) the report's certificate must chain to")
+    show.add_argument("--at", type=time_type, help="verify at this time (ISO 8601; default now); shown")
+    show.add_argument("--allow-mock", action="store_true", help="accept mock evidence (shown as MOCK)")
     show.set_defaults(func=cmd_report_show)
 
 
@@ -222,13 +233,18 @@ def add_parsers(sub: Any) -> None:
         dest="config_command", required=True
     )
     check = config.add_parser("check", help="validate a loader configuration file")
-    check.add_argument("file", type=Path)
-    check.add_argument("--json", action="store_true")
+    check.add_argument("file", type=Path, help="the loader configuration (TOML)")
+    check.add_argument("--json", action="store_true", help="print the parsed inputs and warnings as JSON")
     check.set_defaults(func=cmd_config_check)
 
     unit = sub.add_parser("install-unit", help="install the systemd unit and udev rule")
     unit.add_argument("--prefix", type=Path, default=Path("/"), help="root to install under (default /)")
-    unit.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    unit.add_argument(
+        "--config",
+        type=Path,
+        default=DEFAULT_CONFIG,
+        help=f"the configuration the unit runs (default {DEFAULT_CONFIG})",
+    )
     unit.add_argument("--exec", help="absolute path of the trusted-loader executable")
     unit.add_argument(
         "--tee",
