@@ -303,7 +303,8 @@ def _measure(state: BootState, staging: Path) -> None:
         try:
             m = stage_input(spec, staging / ("sealed" if sealed else "inputs"), meter=meter)
         except InputError as exc:
-            state.reasons.append(f"{spec.label}: {exc}")
+            said = str(exc)  # the stager's messages name the input already: say it once
+            state.reasons.append(said if spec.label in said else f"{spec.label}: {said}")
             log.error("%s", exc)
             continue
         if sealed:

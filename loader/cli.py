@@ -358,7 +358,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from certs.chain import quiet_serial_warnings_globally
+
     argv = sys.argv[1:] if argv is None else argv
+    quiet_serial_warnings_globally()
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     wants_json = bool(getattr(args, "json", False))
