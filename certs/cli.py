@@ -36,6 +36,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     serve.add_argument("--listen", default="127.0.0.1:8450", help="HOST:PORT (port 0 picks a free one)")
     serve.add_argument("--tls-cert", type=Path, help="serve HTTPS with this certificate chain (PEM)")
     serve.add_argument("--tls-key", type=Path, help="private key for --tls-cert (PEM)")
+    serve.add_argument(
+        "--log-format", choices=["auto", "json", "text"], default="auto", help="auto: JSON unless a terminal"
+    )
     serve.set_defaults(func=cmd_serve)
     return ca
 
@@ -90,7 +93,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     from certs.ca import CertificateAuthority
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup = getattr(args, "setup_logging", None)  # the loader's format when run as trusted-loader
+    if setup is not None:
+        setup(args.log_format)
+    else:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         ca = CertificateAuthority.load(args.dir)
         ssl_context = _tls(args.tls_cert, args.tls_key) if args.tls_cert else None

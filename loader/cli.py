@@ -257,6 +257,13 @@ def cmd_evidence_verify(args: argparse.Namespace, rest: list[str]) -> int:
     return int(module.main(rest, f"trusted-loader evidence verify --type {args.type}"))
 
 
+def _ca_logging(choice: str) -> None:
+    """`ca serve` logs as the loader does (JSON lines off a terminal, same fields, redaction)."""
+    from loader.logs import LOGGER, setup_logging
+
+    setup_logging(choice=choice, loggers=(LOGGER, "certs"))
+
+
 def _time(text: str) -> dt.datetime:
     from attestation.clikit import parse_time
 
@@ -341,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from certs.cli import add_parser as add_ca_parser
 
-    add_ca_parser(sub)
+    add_ca_parser(sub).set_defaults(setup_logging=_ca_logging)
     opscli.add_parsers(sub)
 
     evidence = sub.add_parser("evidence", help="verify hardware evidence").add_subparsers(
