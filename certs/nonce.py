@@ -8,7 +8,7 @@ Any replica holding the same key (the CA directory's `nonce.key`) can check a no
 replica issued, so replicas share the load without shared state. Single use is enforced by a
 bounded in-memory cache of redeemed nonces kept until they expire.
 
-Trade-off (documented in the README): the replay cache is per replica, so with N replicas behind
+Trade-off (documented in docs/security-model.md): the replay cache is per replica, so with N replicas behind
 a load balancer the same nonce could be redeemed up to N times within its lifetime. Such a
 replay only yields another certificate for the key that signed the CSR, which the attacker does
 not hold; a short TTL bounds the window. Operators who need strict single use run one replica or
