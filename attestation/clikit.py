@@ -1,7 +1,7 @@
 """Shared pieces of the `evidence verify` command line of every backend.
 
 Exit codes (DESIGN): 0 verified, 1 rejected (a check failed, including malformed evidence),
-2 usage or I/O error. With --json, one JSON object on stdout; messages go to stderr.
+2 usage or I/O error. Results go to stdout (with --json, one JSON object); errors to stderr.
 """
 
 from __future__ import annotations
@@ -79,7 +79,8 @@ def read_file(path: Path, what: str, limit: int = 16 << 20) -> bytes:
 
 
 def emit(result: Result, *, as_json: bool, source: str) -> int:
-    """Print `result` and return the exit code."""
+    """Print `result` on stdout (the checks, then one line) and return the exit code."""
+    summary = sys.stderr if as_json else sys.stdout  # with --json, stdout holds the object only
     if as_json:
         payload = {"file": source, **result.to_json()}
         json.dump(payload, sys.stdout, indent=2, sort_keys=True)
@@ -87,12 +88,12 @@ def emit(result: Result, *, as_json: bool, source: str) -> int:
     else:
         for check in result.checks:
             mark = "ok  " if check.passed else "FAIL"
-            print(f"{mark} {check.name}: {check.detail}", file=sys.stderr)
+            print(f"{mark} {check.name}: {check.detail}")
     if result.ok:
         status = f", TCB {result.tcb_status}" if result.tcb_status else ""
-        print(f"{source}: verified ({result.type}{status})", file=sys.stderr)
+        print(f"{source}: verified ({result.type}{status})", file=summary)
         return EXIT_OK
-    print(f"{source}: rejected: {result.reason()}", file=sys.stderr)
+    print(f"{source}: rejected: {result.reason()}", file=summary)
     return EXIT_REJECTED
 
 

@@ -166,7 +166,7 @@ def cmd_report_verify(args: argparse.Namespace) -> int:
     trust = _collateral_trust(args.collateral, args.allow_mock) if args.collateral else None
     result = verify_report(raw, ca=load_ca(args.ca), at=args.at, allow_mock=args.allow_mock, trust=trust)
     if args.json:
-        json.dump(result.to_json(), sys.stdout, indent=2, sort_keys=True)
+        json.dump(result.to_json(), sys.stdout, indent=2)  # "trust" first
         sys.stdout.write("\n")
     else:
         for name, passed, detail in result.checks:
