@@ -173,3 +173,25 @@ def test_a_serial_zero_report_certificate_is_a_clean_error(demo_report: tuple[Pa
         warnings.simplefilter("error")
         with pytest.raises(ReportError, match=r"x5chain\[0\]: expected a positive serial number, found 0"):
             _certificate(_serial_zero_certificate(), 0)
+
+
+def test_the_commands_the_demo_suggests_succeed(tmp_path: Path) -> None:
+    import shlex
+
+    done = _cli("demo", "--workdir", tmp_path / "demo")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("  try "))
+    suggested = [lines[start][len("  try ") :].strip()]
+    suggested += [
+        line.strip() for line in lines[start + 1 :] if line.startswith("            trusted-loader")
+    ]
+    tried = 0
+    for command in suggested:
+        argv = shlex.split(command)
+        if argv[1] == "run":
+            continue  # a second job: covered by the boot tests
+        result = _cli(*argv[1:])
+        assert result.returncode == 0, (command, result.stdout, result.stderr)
+        tried += 1
+    assert tried >= 2

@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import json
+import os
+import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -154,3 +157,40 @@ def test_install_unit_warns_about_paths_the_sandbox_makes_read_only(tmp_path: Pa
         "ProtectSystem=strict" in done.stderr
     )
     assert not Path("/srv/tl-not-created").exists()
+
+
+def test_a_state_dir_on_a_read_only_file_system_is_refused_as_such(tmp_path: Path) -> None:
+    """What the unit's ProtectSystem=strict does to /etc, played for real: a read-only mount
+    (in a private mount namespace) under the spool directory."""
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        pytest.skip("needs root and unshare(1) for a private read-only mount")
+    job = make_job(tmp_path / "job", leaky=False)
+    ro = job.workdir / "ro"
+    ro.mkdir()
+    _edit(job.config, 'spool_dir = "spool"', 'spool_dir = "ro/spool"')
+    script = (
+        f"mount -t tmpfs -o ro tmpfs {shlex.quote(str(ro))} && "
+        f"exec {shlex.quote(sys.executable)} -m loader config check {shlex.quote(str(job.config))}"
+    )
+    done = subprocess.run(
+        ["unshare", "-m", "sh", "-c", script],
+        cwd=REPO,
+        env=loader_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if "mount:" in done.stderr or "unshare:" in done.stderr:
+        pytest.skip(f"no private mount here: {done.stderr.strip()}")
+    assert done.returncode == 2, done.stderr
+    assert f"{job.config.resolve()}: spool_dir: {ro} is not writable (read-only file system)" in done.stderr
+
+
+def test_a_dangling_symlink_in_a_state_path_is_refused(tmp_path: Path) -> None:
+    job = make_job(tmp_path / "job", leaky=False)
+    (job.workdir / "gone").symlink_to(tmp_path / "nowhere")
+    # absolute paths are taken as written (relative ones are resolved), so the link stays
+    _edit(job.config, 'output_dir = "output"', f'output_dir = "{job.workdir}/gone/output"')
+    with pytest.raises(ConfigError, match=r"output_dir: .*gone: a dangling symbolic link"):
+        preflight_mod.preflight(load_config(job.config))
