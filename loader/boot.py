@@ -347,8 +347,8 @@ def _decide(state: BootState) -> None:
             state.policy, measured, state.cfg.tee, gpus=gpus, pending=multiparty.pending(state)
         )
     state.stamp("decided")
-    if state.reasons:
-        log.warning("abort: %s", "; ".join(state.reasons))
+    if state.reasons:  # the reasons themselves are logged once, with the outcome
+        log.warning("decided: abort (%d reason(s)); the workload will not run", len(state.reasons))
     else:
         log.info("all inputs match the approved list: running the workload")
 

@@ -195,3 +195,14 @@ def test_the_commands_the_demo_suggests_succeed(tmp_path: Path) -> None:
         assert result.returncode == 0, (command, result.stdout, result.stderr)
         tried += 1
     assert tried >= 2
+
+
+def test_a_missing_engine_is_named_once_in_its_reason(demo_dir: Path) -> None:
+    from loader.boot import boot
+    from loader.config import load_config
+
+    (demo_dir / "inputs" / "engine").unlink()
+    outcome = boot(load_config(demo_dir / "loader.toml"))
+    assert outcome.verdict == "abort"
+    first = outcome.reasons[0]
+    assert first.count("engine 'engine'") == 1 and first.count("inputs/engine") == 1, first
