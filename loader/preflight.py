@@ -77,13 +77,14 @@ def _placeholder_hint(message: str, has_config: bool, datasets: list[str]) -> st
 def check_extras(cfg: LoaderConfig, publish: PublishSettings) -> None:
     """The optional packages a configured feature imports are installed and importable."""
     if publish.evm is not None:
-        _require(cfg, "publish.evm", "publish.evm")
+        require_extra(cfg, "publish.evm")
     if cfg.gpu_mode == "nvml":
-        _require(cfg, "gpu.mode", "gpu.mode")
+        require_extra(cfg, "gpu.mode")
 
 
-def _require(cfg: LoaderConfig, feature: str, key: str) -> None:
-    extra, modules = _EXTRAS[feature]
+def require_extra(cfg: LoaderConfig, key: str) -> None:
+    """The modules the feature configured at `key` imports, each installed and importable."""
+    extra, modules = _EXTRAS[key]
     for module in modules:
         if importlib.util.find_spec(module) is None:
             raise _error(

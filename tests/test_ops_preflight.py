@@ -99,7 +99,7 @@ def test_a_missing_extra_names_the_module_and_the_extra(
     with pytest.raises(
         ConfigError, match=r"publish.evm: needs no_such_module_tl_test, which is not installed"
     ):
-        preflight_mod._require(cfg, "publish.evm", "publish.evm")
+        preflight_mod.require_extra(cfg, "publish.evm")
 
 
 def test_a_broken_web3_install_names_the_missing_dependency(tmp_path: Path) -> None:
