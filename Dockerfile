@@ -4,7 +4,8 @@
 # machine (no registry access), so re-check it before a release and bump it deliberately:
 #   docker buildx imagetools inspect python:3.11-slim-bookworm
 #   docker build --build-arg PYTHON_DIGEST=sha256:<reviewed digest> -t trusted-loader .
-# Running it, devices and privileges: docs/operations.md ("Container").
+# Running it, devices and privileges: docs/operations.md ("Container"). The `chain` extra is
+# installed so that [publish.evm] works in the image (web3 is imported only when configured).
 ARG PYTHON_DIGEST=sha256:a36c24f9cbdf4fd0f52d67f0823eeac19c2028c637cecc392d97f980d4fec56b
 
 FROM python:3.11-slim-bookworm@${PYTHON_DIGEST} AS builder
@@ -14,7 +15,7 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 COPY . .
 RUN python -m venv /opt/venv \
- && /opt/venv/bin/python -m pip install --no-compile --constraint docker/constraints.txt . \
+ && /opt/venv/bin/python -m pip install --no-compile --constraint docker/constraints.txt '.[chain]' \
  && /opt/venv/bin/python -m pip uninstall --yes pip setuptools
 
 FROM python:3.11-slim-bookworm@${PYTHON_DIGEST}

@@ -1,7 +1,7 @@
 """Shared pieces of the `evidence verify` command line of every backend.
 
 Exit codes (DESIGN): 0 verified, 1 rejected (a check failed, including malformed evidence),
-2 usage or I/O error. With --json, one JSON object on stdout; messages go to stderr.
+2 usage or I/O error. Results go to stdout (with --json, one JSON object); errors to stderr.
 """
 
 from __future__ import annotations
@@ -32,6 +32,37 @@ def parse_time(text: str) -> dt.datetime:
     return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
 
 
+_HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
+
+
+def hex_arg(size: int) -> Callable[[str], bytes]:
+    """An argparse type for a `size`-byte value given as hex text: the same rule for every
+    evidence type and option (an optional 0x prefix, either case, nothing else)."""
+
+    def convert(text: str) -> bytes:
+        digits = text[2:] if text[:2] in ("0x", "0X") else text
+        if len(digits) != 2 * size or not set(digits.encode("ascii", "replace")) <= _HEX_DIGITS:
+            raise argparse.ArgumentTypeError(
+                f"expected {size} bytes as {2 * size} hex digits, "
+                f"found {text[:40]!r} ({len(digits)} characters)"
+            )
+        return bytes.fromhex(digits)
+
+    return convert
+
+
+def evidence_bytes(raw: bytes) -> bytes:
+    """Evidence files are accepted as raw bytes or as hex text (as nvtrust and many tools store
+    them), for every evidence type alike: text that is only hex digits (and surrounding
+    whitespace, an optional 0x) is decoded; anything else is taken as raw bytes."""
+    text = raw.strip()
+    if text[:2] in (b"0x", b"0X"):
+        text = text[2:]
+    if text and len(text) % 2 == 0 and set(text) <= _HEX_DIGITS:
+        return bytes.fromhex(text.decode("ascii"))
+    return raw
+
+
 def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--at", type=parse_time, default=None, help="evaluation time (default: now)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -48,7 +79,8 @@ def read_file(path: Path, what: str, limit: int = 16 << 20) -> bytes:
 
 
 def emit(result: Result, *, as_json: bool, source: str) -> int:
-    """Print `result` and return the exit code."""
+    """Print `result` on stdout (the checks, then one line) and return the exit code."""
+    summary = sys.stderr if as_json else sys.stdout  # with --json, stdout holds the object only
     if as_json:
         payload = {"file": source, **result.to_json()}
         json.dump(payload, sys.stdout, indent=2, sort_keys=True)
@@ -56,12 +88,12 @@ def emit(result: Result, *, as_json: bool, source: str) -> int:
     else:
         for check in result.checks:
             mark = "ok  " if check.passed else "FAIL"
-            print(f"{mark} {check.name}: {check.detail}", file=sys.stderr)
+            print(f"{mark} {check.name}: {check.detail}")
     if result.ok:
         status = f", TCB {result.tcb_status}" if result.tcb_status else ""
-        print(f"{source}: verified ({result.type}{status})", file=sys.stderr)
+        print(f"{source}: verified ({result.type}{status})", file=summary)
         return EXIT_OK
-    print(f"{source}: rejected: {result.reason()}", file=sys.stderr)
+    print(f"{source}: rejected: {result.reason()}", file=summary)
     return EXIT_REJECTED
 
 

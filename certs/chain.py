@@ -8,15 +8,17 @@ keeps one set of rules.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Literal
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from cryptography.utils import CryptographyDeprecationWarning
 
 from certs import memo
 from certs.errors import CertificateFormatError, ChainError
@@ -46,6 +48,24 @@ def _der(obj: x509.Certificate | x509.CertificateRevocationList) -> bytes:
     return der
 
 
+# cryptography warns (on parsing, and on each read of the serial) about serial numbers below 1,
+# which RFC 5280 forbids and AMD's VCEKs carry (serial 0). Only that warning is silenced.
+_SERIAL_WARNING = r"Parsed a serial number which wasn't positive"
+
+
+@contextlib.contextmanager
+def serial_warnings_quiet() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_SERIAL_WARNING, category=CryptographyDeprecationWarning)
+        yield
+
+
+def quiet_serial_warnings_globally() -> None:
+    """For the command line: a serial-0 vendor certificate is read again later (chain building,
+    `--json` claims), so the one warning is filtered for the whole process, and nothing else."""
+    warnings.filterwarnings("ignore", message=_SERIAL_WARNING, category=CryptographyDeprecationWarning)
+
+
 def load_certificates(data: bytes, *, what: str = "certificates") -> list[x509.Certificate]:
     """Certificates from a PEM bundle (any number) or one DER certificate.
 
@@ -65,9 +85,7 @@ def _parse_certificates(data: bytes, what: str) -> list[x509.Certificate]:
     if len(data) > MAX_CERT_BYTES:
         raise CertificateFormatError(f"{what}: {len(data)} bytes, more than {MAX_CERT_BYTES}")
     try:
-        with warnings.catch_warnings():
-            # AMD VCEKs carry serial number 0; OpenSSL accepts them and so do we.
-            warnings.simplefilter("ignore")
+        with serial_warnings_quiet():  # AMD VCEKs carry serial number 0; OpenSSL accepts them
             if _PEM_CERT in data:
                 certs = x509.load_pem_x509_certificates(data)
             else:

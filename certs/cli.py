@@ -46,6 +46,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--rate", type=float, default=5.0, help="enrollments per second per client address (default 5)"
     )
     serve.add_argument("--burst", type=float, default=20.0, help="enrollment burst per client (default 20)")
+    serve.add_argument(
+        "--log-format", choices=["auto", "json", "text"], default="auto", help="auto: JSON unless a terminal"
+    )
     serve.set_defaults(func=cmd_serve)
     return ca
 
@@ -106,7 +109,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: --rate/--burst: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup = getattr(args, "setup_logging", None)  # the loader's format when run as trusted-loader
+    if setup is not None:
+        setup(args.log_format)
+    else:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         ca = CertificateAuthority.load(args.dir, replica=args.replica)
         ssl_context = _tls(args.tls_cert, args.tls_key) if args.tls_cert else None

@@ -306,7 +306,8 @@ def _measure(state: BootState, staging: Path) -> None:
         try:
             m = stage_input(spec, staging / ("sealed" if sealed else "inputs"), meter=meter)
         except InputError as exc:
-            state.reasons.append(f"{spec.label}: {exc}")
+            said = str(exc)  # the stager's messages name the input already: say it once
+            state.reasons.append(said if spec.label in said else f"{spec.label}: {said}")
             log.error("%s", exc)
             continue
         if sealed:
@@ -384,8 +385,8 @@ def _decide(state: BootState) -> None:
             state.policy, measured, state.cfg.tee, gpus=gpus, pending=multiparty.pending(state)
         )
     state.stamp("decided")
-    if state.reasons:
-        log.warning("abort: %s", "; ".join(state.reasons))
+    if state.reasons:  # the reasons themselves are logged once, with the outcome
+        log.warning("decided: abort (%d reason(s)); the workload will not run", len(state.reasons))
     else:
         log.info("all inputs match the approved list: running the workload")
 

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
     from cryptography import x509
 
+    from loader.config import LoaderConfig
     from loader.publish.deliver import Outcome
     from loader.publish.sinks import Sink
 
@@ -46,12 +47,19 @@ DEFAULT_DEPLOY_TIMEOUT = 120.0
 
 
 def _evm():
+    import importlib.util
+
+    if importlib.util.find_spec("web3") is None:
+        raise ConfigError(
+            "publishing to a chain needs web3, which is not installed: "
+            "pip install 'cvm-trusted-loader[chain]'"
+        )
     try:
         from loader.publish import evm
     except ImportError as exc:
         raise ConfigError(
-            f"publishing to a chain needs web3 ({exc.name} is missing): "
-            "pip install 'cvm-trusted-loader[chain]'"
+            f"publishing to a chain: web3 is installed but cannot be imported ({exc.name} is missing): "
+            "reinstall with pip install 'cvm-trusted-loader[chain]'"
         ) from exc
     return evm
 
@@ -125,7 +133,9 @@ def add_commands(sub: Any, report_sub: Any) -> None:
     )
     deploy = chain.add_parser("deploy", help="deploy a ReportRegistry; prints its address")
     _chain_options(deploy, contract=False, key=True, required=True)
-    deploy.add_argument("--timeout", type=_seconds, default=DEFAULT_DEPLOY_TIMEOUT)
+    deploy.add_argument(
+        "--timeout", type=_seconds, default=DEFAULT_DEPLOY_TIMEOUT, help="seconds to wait for the deployment"
+    )
     deploy.set_defaults(func=cmd_chain_deploy)
 
     publish = sub.add_parser("publish", help="deliver the spool's pending reports to a chain")
@@ -137,7 +147,7 @@ def add_commands(sub: Any, report_sub: Any) -> None:
     publish.add_argument(
         "--respect-backoff", action="store_true", help="skip reports whose persisted retry time is not due"
     )
-    publish.add_argument("--json", action="store_true")
+    publish.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     _delivery_options(publish)
     publish.set_defaults(func=cmd_publish)
 
@@ -146,8 +156,10 @@ def add_commands(sub: Any, report_sub: Any) -> None:
     fetch.add_argument(
         "--digest", required=True, help="sha256:<hex>, as `trusted-loader digest REPORT` prints"
     )
-    fetch.add_argument("-o", "--output", type=Path, required=True)
-    fetch.add_argument("--timeout", type=_seconds, default=30.0)
+    fetch.add_argument("-o", "--output", type=Path, required=True, help="where to write the report")
+    fetch.add_argument(
+        "--timeout", type=_seconds, default=30.0, help="seconds to wait for the node (default 30)"
+    )
     fetch.set_defaults(func=cmd_report_fetch)
 
 
@@ -182,8 +194,14 @@ def _evm_sink(evm: Any, cfg: EvmSettings, key: Any) -> Sink:
     )
 
 
-def prepare(cfg_publish: PublishSettings, args: argparse.Namespace) -> tuple[PublishSettings, list[Sink]]:
-    settings = override(cfg_publish, args)
+def prepare(cfg: LoaderConfig, args: argparse.Namespace) -> tuple[PublishSettings, list[Sink]]:
+    """The publish settings with the command line's overrides, validated as `config check`
+    validates them (loader.preflight), then the sinks: all before the job attests."""
+    from loader.preflight import preflight
+
+    settings = override(cfg.publish, args)
+    for warning in preflight(cfg, settings):
+        log.warning("%s", warning)
     return settings, make_sinks(settings) if settings.enabled else []
 
 

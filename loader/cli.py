@@ -1,8 +1,9 @@
-"""The `trusted-loader` command line (DESIGN "Command line").
+"""The `trusted-loader` command line (docs/commands.md).
 
 Exit codes: 0 success / verified; 1 rejected; 2 usage or I/O error. `run` and `demo` add:
-3 aborted by policy, 4 attestation failed, 5 workload failed (see README).
-With --json, one JSON object goes to stdout; messages go to stderr.
+3 aborted by policy, 4 attestation failed, 5 workload failed, 6 report stored but not
+published, 143 stopped by SIGTERM (docs/operations.md).
+Results go to stdout (with --json, one JSON object); diagnostics go to stderr.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     notifier = Notifier.from_env()
     try:
         cfg = load_config(args.config, ca_url=args.ca_url)
-        settings, sinks = chain_cli.prepare(cfg.publish, args)
+        settings, sinks = chain_cli.prepare(cfg, args)
     except LoaderError:
         notifier.status("invalid configuration")
         raise  # one "error: FILE: KEY: ..." line, as every command prints it
@@ -208,16 +209,27 @@ def cmd_report_verify(args: argparse.Namespace) -> int:
         trust = replace(base, options={**base.options, "accept_tcb": _accept_tcb(args.accept_tcb)})
     result = verify_report(raw, ca=load_ca(args.ca), at=args.at, allow_mock=args.allow_mock, trust=trust)
     if args.json:
-        json.dump(result.to_json(), sys.stdout, indent=2, sort_keys=True)
+        json.dump(result.to_json(), sys.stdout, indent=2)  # "trust" first
         sys.stdout.write("\n")
     else:
         for name, passed, detail in result.checks:
-            print(f"{'ok  ' if passed else 'FAIL'} {name}: {detail}", file=sys.stderr)
-    if result.ok:
-        print(f"{args.report}: verified", file=sys.stderr)
-        return EXIT_OK
-    print(f"{args.report}: rejected: {result.reason()}", file=sys.stderr)
-    return EXIT_REJECTED
+            print(f"{'ok  ' if passed else 'FAIL'} {name}: {detail}")
+        print(verification_line(args.report, result))
+    return EXIT_OK if result.ok else EXIT_REJECTED
+
+
+def verification_line(path: Path, result: Any) -> str:
+    """The one-line result: the trust state first, the time it was checked at, the reason."""
+    from loader.show import utc_seconds
+
+    when = f" (checked at {utc_seconds(result.at)})" if result.at else ""
+    if not result.ok:
+        return f"{path}: NOT verified{when}: {result.reason()}"
+    notes = {
+        "MOCK": ": the evidence is a software mock, not hardware (--allow-mock)",
+        "not appraised": ": evidence authentic; platform not compared with reference values",
+    }
+    return f"{path}: {result.trust()}{when}{notes.get(result.trust(), '')}"
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -231,25 +243,68 @@ def cmd_replay(args: argparse.Namespace) -> int:
         allow_mock=args.allow_mock,
     )
     if not check.ok:
-        print(f"{args.report}: rejected: {check.reason()}", file=sys.stderr)
+        print(verification_line(args.report, check))
         return EXIT_REJECTED
     bad = [i for i in items if not i.matches]
     for item in items:
         state = "matches" if item.matches else f"DIFFERS: report has {item.recorded}, found {item.found}"
-        print(f"{item.label} ({item.path}): {state}", file=sys.stderr)
+        print(f"{item.label} ({item.path}): {state}")
+    skipped = unchecked_inputs(check.report, items)
     if bad:
-        print(f"replay failed: {', '.join(i.label for i in bad)} differ(s) from the report", file=sys.stderr)
+        print(f"replay failed: {', '.join(i.label for i in bad)} differ(s) from the report")
         return EXIT_REJECTED
-    print(f"replay ok: {len(items)} input(s) match the report", file=sys.stderr)
+    if skipped and not args.partial:
+        print(
+            f"replay INCOMPLETE: {len(items)} input(s) match, {len(skipped)} not checked: "
+            f"{', '.join(skipped)} (give them with --input, or pass --partial)"
+        )
+        return EXIT_REJECTED
+    if skipped:
+        print(f"replay PARTIAL: {len(items)} input(s) match; not checked: {', '.join(skipped)}")
+        return EXIT_OK
+    print(f"replay ok: all {len(items)} input(s) of the report match")
     return EXIT_OK
 
 
+def unchecked_inputs(report: Any, items: list[Any]) -> list[str]:
+    """The report's inputs no --input was given for, named as replay names them."""
+    given = {(i.role, i.name) for i in items}
+    return [
+        (i["role"] if i["role"] != "dataset" else f"dataset {i['name']!r}")
+        for i in report.payload["inputs"]
+        if (i["role"], i["name"]) not in given
+    ]
+
+
+_EVIDENCE_HELP = """usage: trusted-loader evidence verify --type {nvidia,sev-snp,tdx} FILE [options]
+
+Offline verification of hardware evidence; each type has its own options:
+  trusted-loader evidence verify --type tdx --help
+  trusted-loader evidence verify --type sev-snp --help
+  trusted-loader evidence verify --type nvidia --help
+Common to every type: --report-data HEX (the expected binding), --at ISO8601, --json.
+Exit codes: 0 verified, 1 rejected, 2 usage or I/O error.
+"""
+
+
 def cmd_evidence_verify(args: argparse.Namespace, rest: list[str]) -> int:
+    if args.type is None:
+        if "-h" in rest or "--help" in rest:
+            sys.stdout.write(_EVIDENCE_HELP)
+            return EXIT_OK
+        raise LoaderError("evidence verify: --type is required (tdx, sev-snp or nvidia); see --help")
     try:
         module = importlib.import_module(_EVIDENCE_CLIS[args.type])
     except ImportError as exc:
         raise LoaderError(f"--type {args.type}: backend not available ({exc})") from exc
     return int(module.main(rest, f"trusted-loader evidence verify --type {args.type}"))
+
+
+def _ca_logging(choice: str) -> None:
+    """`ca serve` logs as the loader does (JSON lines off a terminal, same fields, redaction)."""
+    from loader.logs import LOGGER, setup_logging
+
+    setup_logging(choice=choice, loggers=(LOGGER, "certs"))
 
 
 def _time(text: str) -> dt.datetime:
@@ -259,15 +314,17 @@ def _time(text: str) -> dt.datetime:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import loader
     from loader import chain_cli
 
-    parser = argparse.ArgumentParser(prog="trusted-loader", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="trusted-loader", description=loader.__doc__)
+    parser.add_argument("--version", action="version", version=f"trusted-loader {loader.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="boot sequence: attest, measure, decide, run, report")
-    run.add_argument("--config", type=Path, required=True)
-    run.add_argument("--report-out", type=Path)
-    run.add_argument("--ca-url")
+    run.add_argument("--config", type=Path, required=True, help="the loader configuration (TOML)")
+    run.add_argument("--report-out", type=Path, help="also write the signed report here")
+    run.add_argument("--ca-url", help="enroll with this attestation CA (overrides [ca] url)")
     run.add_argument(
         "--log-format", choices=["auto", "json", "text"], default="auto", help="auto: JSON unless a terminal"
     )
@@ -275,9 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     demo = sub.add_parser("demo", help="the whole flow on the mock TEE with sample inputs")
-    demo.add_argument("--workdir", type=Path)
-    demo.add_argument("--ca-url")
-    demo.add_argument("--verbose", action="store_true")
+    demo.add_argument("--workdir", type=Path, help="where to build the job (default: a new temporary dir)")
+    demo.add_argument("--ca-url", help="enroll with this attestation CA instead of self-issuing")
+    demo.add_argument("--verbose", action="store_true", help="log each boot step")
     demo.add_argument(
         "--parties",
         action="store_true",
@@ -287,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     digest = sub.add_parser("digest", help="print sha256:<hex> of a file, directory or OCI image")
-    digest.add_argument("path", type=Path)
+    digest.add_argument("path", type=Path, help="a file, directory, OCI layout or OCI archive")
     digest.add_argument(
         "--format",
         choices=("auto", "plain", "oci"),
@@ -302,11 +359,11 @@ def build_parser() -> argparse.ArgumentParser:
         dest="report_command", required=True
     )
     opscli.add_report_show(report, _time)
-    verify = report.add_parser("verify")
-    verify.add_argument("report", type=Path)
-    verify.add_argument("--ca", type=Path)
-    verify.add_argument("--at", type=_time)
-    verify.add_argument("--allow-mock", action="store_true")
+    verify = report.add_parser("verify", help="check every signature, chain, evidence and decision")
+    verify.add_argument("report", type=Path, help="the report (COSE_Sign1 CBOR file)")
+    verify.add_argument("--ca", type=Path, help="CA certificate (PEM) the report's certificate must chain to")
+    verify.add_argument("--at", type=_time, help="check certificates and collateral at this time (ISO 8601)")
+    verify.add_argument("--allow-mock", action="store_true", help="accept mock evidence (reported as MOCK)")
     verify.add_argument(
         "--collateral", type=Path, help="directory of vendor collateral (Intel PCS files...): TCB evaluated"
     )
@@ -320,29 +377,38 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument(
         "--accept-tcb", metavar="STATUS,...", help="accepted TDX TCB statuses (default UpToDate)"
     )
-    verify.add_argument("--json", action="store_true")
+    verify.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     verify.set_defaults(func=cmd_report_verify)
 
     chain_cli.add_commands(sub, report)
 
     rep = sub.add_parser("replay", help="compare your copies of the inputs with a report")
-    rep.add_argument("report", type=Path)
-    rep.add_argument("--input", action="append", required=True, metavar="ROLE[:NAME]=PATH")
-    rep.add_argument("--ca", type=Path)
-    rep.add_argument("--at", type=_time)
-    rep.add_argument("--allow-mock", action="store_true")
+    rep.add_argument("report", type=Path, help="the report (COSE_Sign1 CBOR file)")
+    rep.add_argument(
+        "--input",
+        action="append",
+        required=True,
+        metavar="ROLE[:NAME]=PATH",
+        help="your copy of an input: engine=PATH, config=PATH, dataset:NAME=PATH (repeatable)",
+    )
+    rep.add_argument("--ca", type=Path, help="CA certificate (PEM) the report's certificate must chain to")
+    rep.add_argument("--at", type=_time, help="check certificates and collateral at this time (ISO 8601)")
+    rep.add_argument("--allow-mock", action="store_true", help="accept mock evidence (reported as MOCK)")
+    rep.add_argument(
+        "--partial", action="store_true", help="exit 0 although some of the report's inputs were not given"
+    )
     rep.set_defaults(func=cmd_replay)
 
     from certs.cli import add_parser as add_ca_parser
 
-    add_ca_parser(sub)
+    add_ca_parser(sub).set_defaults(setup_logging=_ca_logging)
     opscli.add_parsers(sub)
 
     evidence = sub.add_parser("evidence", help="verify hardware evidence").add_subparsers(
         dest="evidence_command", required=True
     )
-    ev = evidence.add_parser("verify", add_help=False)
-    ev.add_argument("--type", required=True, choices=sorted(_EVIDENCE_CLIS))
+    ev = evidence.add_parser("verify", add_help=False, help="offline verification of hardware evidence")
+    ev.add_argument("--type", choices=sorted(_EVIDENCE_CLIS), help="the kind of evidence")
     ev.set_defaults(func=cmd_evidence_verify, passthrough=True)
 
     from loader import party_cli
@@ -352,7 +418,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from certs.chain import quiet_serial_warnings_globally
+
     argv = sys.argv[1:] if argv is None else argv
+    quiet_serial_warnings_globally()
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     wants_json = bool(getattr(args, "json", False))

@@ -21,6 +21,9 @@ from loader.publish.settings import PublishSettings, parse_publish
 from loader.stage import FORMATS, STAGING_MODES, WIPE_METHODS, InputSpec
 
 MAX_CONFIG_BYTES = 256 * 1024
+# Where state lives by default: writable under the unit's ProtectSystem=strict (StateDirectory),
+# unlike the configuration's own directory (/etc/trusted-loader), which is read-only there.
+STATE_DIR = Path("/var/lib/trusted-loader")
 DEFAULT_TIMEOUT = 3600
 
 
@@ -213,9 +216,9 @@ def _parse(data: dict[str, Any], source: Path, ca_url: str | None) -> LoaderConf
         job_id=job_id,
         policy_path=policy_path,
         inputs=inputs,
-        staging_dir=top.path("staging_dir", base, "staging"),
-        spool_dir=top.path("spool_dir", base, "spool"),
-        output_dir=top.path("output_dir", base, "output"),
+        staging_dir=top.path("staging_dir", base, str(STATE_DIR / "staging")),
+        spool_dir=top.path("spool_dir", base, str(STATE_DIR / "spool")),
+        output_dir=top.path("output_dir", base, str(STATE_DIR / "output")),
         run=run,
         ca_url=url,
         gpu_mode=gpu_mode,

@@ -324,7 +324,9 @@ def summary(workdir: Path, outcome: Any, check: Any, ca_url: str | None = None) 
                 for col, s in pooled.items()
             ]
     digest = check.report.digest if check.report else "?"
-    verdict = "OK (mock TEE explicitly allowed)" if check.ok else "FAILED: " + check.reason()
+    verdict = (
+        "OK (mock TEE explicitly allowed): trust state MOCK" if check.ok else "FAILED: " + check.reason()
+    )
     report = workdir / "report.cbor"
     lab = workdir / ("parties/lab/data" if parties else "inputs/datasets/lab")
     lines += [f"  report    {report} ({digest})", f"  verify    {verdict}"]
@@ -336,8 +338,8 @@ def summary(workdir: Path, outcome: Any, check: Any, ca_url: str | None = None) 
             else f"  ca        no certificate from {ca_url}; the abort report is self-issued"
         )
     lines += [
-        f"  try       trusted-loader report show {report}",
-        f"            trusted-loader replay {report} --allow-mock --input dataset:lab={lab}",
+        f"  try       trusted-loader report show {report} --allow-mock",
+        f"            trusted-loader replay {report} --allow-mock --partial --input dataset:lab={lab}",
     ]
     if parties:
         owner_key = workdir / "parties" / "order-owner" / "key.pem"

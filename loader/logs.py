@@ -180,7 +180,11 @@ def wants_json(stream: IO[str], choice: str = "auto") -> bool:
 
 
 def setup_logging(
-    stream: IO[str] | None = None, *, choice: str = "auto", level: int = logging.INFO
+    stream: IO[str] | None = None,
+    *,
+    choice: str = "auto",
+    level: int = logging.INFO,
+    loggers: tuple[str, ...] = (LOGGER,),
 ) -> logging.Handler:
     """Route the loader's logs (and the libraries' warnings) to `stream` through redaction.
 
@@ -196,5 +200,6 @@ def setup_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(logging.WARNING)
-    logging.getLogger(LOGGER).setLevel(level)
+    for name in loggers:  # e.g. the CA's "certs" loggers under `ca serve`: one format for all
+        logging.getLogger(name).setLevel(level)
     return handler

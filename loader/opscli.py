@@ -24,10 +24,14 @@ DEVICE_UNITS = {"tdx": "dev-tdx_guest.device", "sev-snp": "dev-sev\\x2dguest.dev
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
+    """The file's shape (load_config), then exactly what `run` validates before it attests
+    (loader.preflight): what run would refuse, check refuses, naming the file and the key."""
     from loader.config import load_config
+    from loader.preflight import preflight
     from loader.secretfiles import active
 
     cfg = load_config(args.file)
+    warnings = preflight(cfg)
     overrides = active()
     if args.json:
         doc = {
@@ -40,12 +44,20 @@ def cmd_config_check(args: argparse.Namespace) -> int:
                 for i in cfg.inputs
             ],
             "wipe": cfg.wipe,
+            "directories": {
+                "staging_dir": str(cfg.staging_dir),
+                "spool_dir": str(cfg.spool_dir),
+                "output_dir": str(cfg.output_dir),
+            },
             "overrides": overrides,
+            "warnings": warnings,
         }
         json.dump(doc, sys.stdout, indent=2, sort_keys=True)
         sys.stdout.write("\n")
     for key, path in sorted(overrides.items()):
         print(f"{args.file}: {key} overridden from the environment: {path}", file=sys.stderr)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"{args.file}: valid (tee {cfg.tee}, {len(cfg.inputs)} inputs)", file=sys.stderr)
     return EXIT_OK
 
@@ -66,15 +78,46 @@ def _device_deps(tee: str | None) -> str:
     return f"Wants={unit}\nAfter={unit}"
 
 
-def _tee_for(args: argparse.Namespace) -> str | None:
-    if args.tee != "from-config":
-        return None if args.tee == "none" else str(args.tee)
+def _load_for_unit(path: Path) -> Any:
     from loader.config import load_config
 
-    if not args.config.exists():
-        print(f"install-unit: {args.config} does not exist yet; no TEE device dependency", file=sys.stderr)
+    if not path.exists():
+        print(f"install-unit: {path} does not exist yet; no TEE device dependency", file=sys.stderr)
         return None
-    return load_config(args.config).tee
+    return load_config(path)
+
+
+def _tee_for(args: argparse.Namespace, cfg: Any) -> str | None:
+    if args.tee != "from-config":
+        return None if args.tee == "none" else str(args.tee)
+    return None if cfg is None else str(cfg.tee)
+
+
+# What the unit leaves writable under ProtectSystem=strict: its StateDirectory= (and, private
+# to the unit and emptied when it stops, PrivateTmp='s /tmp and /var/tmp).
+UNIT_STATE_DIR = Path("/var/lib/trusted-loader")
+_UNIT_PRIVATE_TMP = (Path("/tmp"), Path("/var/tmp"))  # noqa: S108 (names, never written)
+
+
+def sandbox_warnings(cfg: Any) -> list[str]:
+    """One line per configured directory the unit's sandbox would not let the loader keep."""
+    from loader.preflight import written_dirs
+
+    found = []
+    for key, path in written_dirs(cfg, cfg.publish):
+        if path == UNIT_STATE_DIR or path.is_relative_to(UNIT_STATE_DIR):
+            continue
+        if any(path.is_relative_to(t) for t in _UNIT_PRIVATE_TMP):
+            found.append(
+                f"{cfg.path}: {key}: {path} is in the unit's private /tmp, emptied when the unit stops; "
+                f"use a path under {UNIT_STATE_DIR}"
+            )
+        else:
+            found.append(
+                f"{cfg.path}: {key}: {path} is read-only under the unit's ProtectSystem=strict; "
+                f"use a path under {UNIT_STATE_DIR} (or add it to ReadWritePaths=)"
+            )
+    return found
 
 
 def render_unit(*, exec_argv: list[str], config: Path, tee: str | None) -> str:
@@ -107,7 +150,10 @@ def _write(path: Path, text: str, force: bool) -> None:
 def cmd_install_unit(args: argparse.Namespace) -> int:
     if not args.config.is_absolute():
         raise LoaderError(f"--config: expected an absolute path, found {str(args.config)!r}")
-    unit = render_unit(exec_argv=_exec_argv(args.exec), config=args.config, tee=_tee_for(args))
+    cfg = _load_for_unit(args.config) if args.tee == "from-config" or args.config.exists() else None
+    for warning in sandbox_warnings(cfg) if cfg is not None else []:
+        print(f"warning: {warning}", file=sys.stderr)
+    unit = render_unit(exec_argv=_exec_argv(args.exec), config=args.config, tee=_tee_for(args, cfg))
     prefix = args.prefix
     _write(prefix / "etc/systemd/system" / UNIT_NAME, unit, args.force)
     rules = resources.files("loader.systemd").joinpath(RULES_NAME).read_text(encoding="utf-8")
@@ -128,15 +174,19 @@ def cmd_report_show(args: argparse.Namespace) -> int:
     Exit 0 whenever the report could be rendered, verified or not (the verification outcome
     is part of what is shown); `report verify` is the command whose exit code is the verdict.
     """
+    from loader.errors import ReportError
     from loader.html import render_html
     from loader.report import parse_report
     from loader.show import render_text
 
     raw = read_bounded(args.report, "report")
-    report = parse_report(raw)
+    try:
+        report = parse_report(raw)
+    except ReportError as exc:
+        raise ReportError(f"{args.report}: {exc}") from None
     check = None if args.no_verify else _verification(args, raw)
     if args.json:
-        text = json.dumps(_json_doc(report, check), indent=2, sort_keys=True) + "\n"
+        text = json.dumps(_json_doc(report, check), indent=2) + "\n"
     elif args.html:
         text = render_html(report, check)
     else:
@@ -152,26 +202,33 @@ def cmd_report_show(args: argparse.Namespace) -> int:
 
 
 def _json_doc(report: Any, check: Any) -> dict[str, Any]:
+    """Trust first, then the verification, then the decision, then the rest of the payload."""
     from loader.cli import _jsonable
+    from loader.show import trust_of
 
-    doc = {"digest": report.digest, **_jsonable(report.payload)}
+    payload = _jsonable(report.payload)
+    doc: dict[str, Any] = {
+        "trust": trust_of(check),
+        "verification": None if check is None else check.to_json(),
+        "decision": payload.pop("decision"),
+        "digest": report.digest,
+    }
+    doc.update(sorted(payload.items()))
     doc["certificates"] = [c.subject.rfc4514_string() for c in report.chain]
-    if check is not None:
-        doc["verification"] = check.to_json()
     return doc
 
 
 def add_report_show(report_sub: Any, time_type: Any) -> None:
     show = report_sub.add_parser("show", help="readable summary (or --json, --html) of a report")
-    show.add_argument("report", type=Path)
+    show.add_argument("report", type=Path, help="the report (COSE_Sign1 CBOR file)")
     fmt = show.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="the payload and verification as JSON")
     fmt.add_argument("--html", action="store_true", help="a self-contained HTML page for an auditor")
     show.add_argument("-o", "--output", type=Path, help="write to this file instead of stdout")
     show.add_argument("--no-verify", action="store_true", help="only decode; do not verify")
-    show.add_argument("--ca", type=Path)
-    show.add_argument("--at", type=time_type)
-    show.add_argument("--allow-mock", action="store_true")
+    show.add_argument("--ca", type=Path, help="CA certificate (PEM) the report's certificate must chain to")
+    show.add_argument("--at", type=time_type, help="verify at this time (ISO 8601; default now); shown")
+    show.add_argument("--allow-mock", action="store_true", help="accept mock evidence (shown as MOCK)")
     show.set_defaults(func=cmd_report_show)
 
 
@@ -180,13 +237,18 @@ def add_parsers(sub: Any) -> None:
         dest="config_command", required=True
     )
     check = config.add_parser("check", help="validate a loader configuration file")
-    check.add_argument("file", type=Path)
-    check.add_argument("--json", action="store_true")
+    check.add_argument("file", type=Path, help="the loader configuration (TOML)")
+    check.add_argument("--json", action="store_true", help="print the parsed inputs and warnings as JSON")
     check.set_defaults(func=cmd_config_check)
 
     unit = sub.add_parser("install-unit", help="install the systemd unit and udev rule")
     unit.add_argument("--prefix", type=Path, default=Path("/"), help="root to install under (default /)")
-    unit.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    unit.add_argument(
+        "--config",
+        type=Path,
+        default=DEFAULT_CONFIG,
+        help=f"the configuration the unit runs (default {DEFAULT_CONFIG})",
+    )
     unit.add_argument("--exec", help="absolute path of the trusted-loader executable")
     unit.add_argument(
         "--tee",

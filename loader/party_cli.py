@@ -196,7 +196,12 @@ def add_parsers(sub: Any) -> None:
     """Register `key`, `policy`, `dataset`, `grant` and `output` on the main parser."""
     key = sub.add_parser("key", help="party keys").add_subparsers(dest="key_command", required=True)
     gen = key.add_parser("generate", help="a P-384, Ed25519 or X25519 key pair as PEM files")
-    gen.add_argument("--type", choices=("p384", "ed25519", "x25519"), default="p384")
+    gen.add_argument(
+        "--type",
+        choices=("p384", "ed25519", "x25519"),
+        default="p384",
+        help="p384 or ed25519 to sign approved lists, x25519 to receive sealed output (default p384)",
+    )
     gen.add_argument("--out", required=True, help="path prefix: writes PREFIX.pem and PREFIX.pub.pem")
     gen.set_defaults(func=cmd_key_generate)
 
@@ -204,55 +209,59 @@ def add_parsers(sub: Any) -> None:
         dest="policy_command", required=True
     )
     sign = policy.add_parser("sign", help="a detached COSE_Sign1 over the approved list's bytes")
-    sign.add_argument("policy", type=Path)
-    sign.add_argument("--key", type=Path, required=True)
-    sign.add_argument("--out", type=Path, required=True)
-    sign.add_argument("--expires", type=_time)
-    sign.add_argument("--days", type=int, default=30)
+    sign.add_argument("policy", type=Path, help="the approved list (JSON) to sign")
+    sign.add_argument("--key", type=Path, required=True, help="the signer's private key (PEM)")
+    sign.add_argument("--out", type=Path, required=True, help="where to write the signature")
+    sign.add_argument("--expires", type=_time, help="expiry time (ISO 8601); default: --days from now")
+    sign.add_argument("--days", type=int, default=30, help="days until the signature expires (default 30)")
     sign.set_defaults(func=cmd_policy_sign)
     verify = policy.add_parser("verify", help="check the signatures on an approved list")
-    verify.add_argument("policy", type=Path, nargs="?")
-    verify.add_argument("--signature", type=Path, action="append")
-    verify.add_argument("--signer", action="append", metavar="NAME=PUB.pem")
+    verify.add_argument("policy", type=Path, nargs="?", help="the approved list (or use --config)")
+    verify.add_argument("--signature", type=Path, action="append", help="a signature file (repeatable)")
+    verify.add_argument(
+        "--signer", action="append", metavar="NAME=PUB.pem", help="a trusted signer's public key (repeatable)"
+    )
     verify.add_argument("--require", action="append", metavar="NAME", help="default: every --signer")
     verify.add_argument(
         "--config", type=Path, help="take signers, required and signatures from a loader config"
     )
-    verify.add_argument("--at", type=_time)
-    verify.add_argument("--json", action="store_true")
+    verify.add_argument("--at", type=_time, help="check expiry at this time (ISO 8601; default now)")
+    verify.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     verify.set_defaults(func=cmd_policy_verify)
 
     dataset = sub.add_parser("dataset", help="encrypt a dataset").add_subparsers(
         dest="dataset_command", required=True
     )
     enc = dataset.add_parser("encrypt", help="encrypt a file or directory under a fresh data key")
-    enc.add_argument("src", type=Path)
-    enc.add_argument("--name", required=True)
-    enc.add_argument("--out", type=Path, required=True)
-    enc.add_argument("--key-out", type=Path, required=True)
+    enc.add_argument("src", type=Path, help="the dataset: a file or a directory")
+    enc.add_argument("--name", required=True, help="the dataset's name in the approved list")
+    enc.add_argument("--out", type=Path, required=True, help="where to write the encrypted dataset")
+    enc.add_argument("--key-out", type=Path, required=True, help="where to write the data key (0600)")
     enc.set_defaults(func=cmd_dataset_encrypt)
 
     grant = sub.add_parser("grant", help="grant a CVM access to a dataset").add_subparsers(
         dest="grant_command", required=True
     )
     create = grant.add_parser("create", help="wrap a dataset key to an attested CVM certificate")
-    create.add_argument("--cert", type=Path, required=True)
-    create.add_argument("--dataset-key", type=Path, required=True)
-    create.add_argument("--policy", type=Path)
-    create.add_argument("--engine-digest")
-    create.add_argument("--order")
-    create.add_argument("--out", type=Path, required=True)
-    create.add_argument("--ca", type=Path)
-    create.add_argument("--allow-mock", action="store_true")
-    create.add_argument("--at", type=_time)
+    create.add_argument("--cert", type=Path, required=True, help="the CVM's attested certificate (PEM)")
+    create.add_argument("--dataset-key", type=Path, required=True, help="the data key from `dataset encrypt`")
+    create.add_argument("--policy", type=Path, help="the approved list: engine digest and order from it")
+    create.add_argument("--engine-digest", help="sha256:<hex> of the only engine the grant is for")
+    create.add_argument("--order", help="the order the grant is for")
+    create.add_argument("--out", type=Path, required=True, help="where to write the grant")
+    create.add_argument("--ca", type=Path, help="CA certificate (PEM) the CVM certificate must chain to")
+    create.add_argument(
+        "--allow-mock", action="store_true", help="accept mock evidence (demos and tests only)"
+    )
+    create.add_argument("--at", type=_time, help="verification time (ISO 8601; default now)")
     create.set_defaults(func=cmd_grant_create)
 
     output = sub.add_parser("output", help="open a sealed output").add_subparsers(
         dest="output_command", required=True
     )
     open_ = output.add_parser("open", help="decrypt a sealed output with the order owner's key")
-    open_.add_argument("sealed", type=Path)
-    open_.add_argument("--key", type=Path, required=True)
-    open_.add_argument("--out", type=Path, required=True)
+    open_.add_argument("sealed", type=Path, help="the sealed output file")
+    open_.add_argument("--key", type=Path, required=True, help="the order owner's X25519 private key (PEM)")
+    open_.add_argument("--out", type=Path, required=True, help="directory to extract the output into")
     open_.add_argument("--report", type=Path, help="check the sealed file against this report's digest")
     open_.set_defaults(func=cmd_output_open)

@@ -233,10 +233,22 @@ def parse_report(raw: bytes) -> Report:
     envelope = cose.decode_sign1(raw)
     payload = cose.decode_cbor(envelope.payload, "report payload", canonical=True)
     check_payload(payload)
-    chain = []
-    for i, der in enumerate(envelope.x5chain):
-        try:
-            chain.append(x509.load_der_x509_certificate(der))
-        except (ValueError, x509.InvalidVersion) as exc:
-            raise ReportError(f"report: x5chain[{i}]: not a DER certificate ({exc})") from exc
+    chain = [_certificate(der, i) for i, der in enumerate(envelope.x5chain)]
     return Report(raw, envelope, payload, chain)
+
+
+def _certificate(der: bytes, index: int) -> x509.Certificate:
+    """One x5chain certificate. Neither this loader nor its CA issues a serial number below 1
+    (RFC 5280 4.1.2.2), so such a certificate is a clean format error here, not a library
+    deprecation warning on stderr. (Vendor chains, AMD's serial-0 VCEKs, are certs.chain's.)"""
+    from certs.chain import serial_warnings_quiet
+
+    try:
+        with serial_warnings_quiet():
+            cert = x509.load_der_x509_certificate(der)
+            serial = cert.serial_number
+    except (ValueError, x509.InvalidVersion) as exc:
+        raise ReportError(f"report: x5chain[{index}]: not a DER certificate ({exc})") from exc
+    if serial < 1:
+        raise ReportError(f"report: x5chain[{index}]: expected a positive serial number, found {serial}")
+    return cert

@@ -22,10 +22,6 @@ from loader.errors import ConfigError
 # environment variable -> the configuration key (dotted) whose value it replaces
 SECRET_FILE_ENV: dict[str, str] = {
     "TL_ACCOUNT_KEY_FILE": "publish.evm.account_key_file",
-    "TL_PUBLISH_TOKEN_FILE": "publish.http.token_file",
-    "TL_CA_KEY_FILE": "ca.key_file",
-    "TL_CA_TOKEN_FILE": "ca.token_file",
-    "TL_GRANT_KEY_FILE": "grants.key_file",
 }
 _BY_KEY = {key: env for env, key in SECRET_FILE_ENV.items()}
 _OVERRIDE_LIKE = re.compile(r"TL_[A-Z0-9_]*_FILE")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import textwrap
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,9 @@ from loader.report import Report, parse_utc
 
 MAX_VALUE = 120
 MAX_CLAIMS = 16
+WIDTH = 80  # the text form fits a terminal: longer values wrap, longer labels get their own line
+LABEL = 13
+MOCK_BANNER = "MOCK REPORT: software evidence, no hardware; it proves nothing about a platform"
 # Claims worth a person's attention first; the rest follow in name order.
 _PREFERRED = (
     "tee",
@@ -80,10 +84,53 @@ def key_claims(result: Result) -> list[tuple[str, str]]:
     return [(n, _short(claims[n])) for n in names[:MAX_CLAIMS]]
 
 
-def _verdict(report: Report) -> Section:
+def trust_of(verification: Any) -> str:
+    """The state a rendering opens with: verified / NOT verified / MOCK / not appraised, or
+    "not checked" when the report was only decoded (--no-verify)."""
+    return "not checked" if verification is None else str(verification.trust())
+
+
+def _trust(verification: Any) -> Section:
+    state = trust_of(verification)
+    if verification is None:
+        return Section(
+            "Trust", (Row("result", "not checked (--no-verify): nothing below is verified", "warn"),)
+        )
+    total = len(verification.checks)
+    explain = {
+        "verified": (
+            f"verified: all {total} checks passed; platform appraised: {verification.appraisal}",
+            "ok",
+        ),
+        "NOT verified": (f"NOT verified: {verification.reason()}", "bad"),
+        "MOCK": (
+            f"MOCK: all {total} checks passed, but the evidence is a software mock (--allow-mock)",
+            "warn",
+        ),
+        "not appraised": (
+            f"not appraised: all {total} checks passed (evidence authentic), but the platform was "
+            "not compared with reference values",
+            "warn",
+        ),
+    }
+    text, tone = explain[state]
+    rows = [Row("result", text, tone)]
+    if verification.at is not None:
+        rows.append(Row("checked at", f"{utc_seconds(verification.at)} (certificates, collateral)"))
+    return Section("Trust", tuple(rows))
+
+
+def utc_seconds(when: dt.datetime) -> str:
+    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _verdict(report: Report, verification: Any) -> Section:
     d = report.payload["decision"]
     verdict = str(d["verdict"]).upper()
-    rows = [Row("verdict", verdict, "ok" if d["verdict"] == "run" else "bad")]
+    trusted = verification is not None and verification.ok
+    tone = "bad" if d["verdict"] != "run" else "ok" if trusted else "warn"
+    claimed = "" if trusted else " (as the report claims; not verified)"
+    rows = [Row("verdict", verdict + claimed, tone)]
     rows += [Row("reason", str(r), "bad") for r in d["reasons"]]
     return Section("Decision", tuple(rows))
 
@@ -120,17 +167,11 @@ def _signers(policy: dict[str, Any]) -> list[Row]:
     return [Row("signers", f"{len(policy['signatures'])} signature(s); required: {required}")]
 
 
-def _verification(verification: Any) -> Section:
+def _verification(verification: Any) -> Section | None:
     if verification is None:
-        return Section("Verification", (Row("verified", "not checked (use `report verify`)", "warn"),))
-    total = len(verification.checks)
-    head = (
-        Row("verified", f"yes: all {total} checks passed", "ok")
-        if verification.ok
-        else Row("verified", f"NO: {verification.reason()}", "bad")
-    )
-    rows = [head] + [Row(name, detail, "ok" if ok else "bad") for name, ok, detail in verification.checks]
-    return Section("Verification", tuple(rows))
+        return None
+    rows = [Row(name, detail, "ok" if ok else "bad") for name, ok, detail in verification.checks]
+    return Section("Checks", tuple(rows))
 
 
 def _evidence(verification: Any) -> Section | None:
@@ -213,10 +254,10 @@ def _timings(report: Report) -> Section:
     t, h = p["timestamps"], p["hashing"]
     rows = [
         Row("started", t["started"]),
-        Row("to measured", f"{_seconds(t['started'], t['measured'])} (attest, certify, policy, hash)"),
-        Row("to decided", _seconds(t["measured"], t["decided"])),
-        Row("to finished", f"{_seconds(t['decided'], t['finished'])} (workload, wipe, sign)"),
-        Row("total", _seconds(t["started"], t["finished"])),
+        Row("measure", f"{_seconds(t['started'], t['measured'])} step: attest, certify, policy, hash"),
+        Row("decide", f"{_seconds(t['measured'], t['decided'])} step: measured to decided"),
+        Row("run", f"{_seconds(t['decided'], t['finished'])} step: workload, wipe, sign"),
+        Row("total", f"{_seconds(t['started'], t['finished'])} started to finished (sum of the steps)"),
         Row("hashing", f"{size_text(h['bytes'])} in {h['ms'] / 1000:.2f} s ({size_text(h['rate'])}/s)"),
     ]
     wipe = p["wipe"]
@@ -227,11 +268,10 @@ def _timings(report: Report) -> Section:
 
 
 def summarize(report: Report, verification: Any = None) -> list[Section]:
-    """The sections a person reads, most important first."""
-    sections = [_verdict(report), _verification(verification), _about(report)]
-    evidence = _evidence(verification)
-    if evidence is not None:
-        sections.append(evidence)
+    """The sections a person reads, most important first: what the report is worth (trust),
+    then what it says (decision), then the details."""
+    sections = [_trust(verification), _verdict(report, verification), _about(report)]
+    sections += [s for s in (_verification(verification), _evidence(verification)) if s is not None]
     return [*sections, _inputs(report), _workload(report), _timings(report)]
 
 
@@ -243,10 +283,26 @@ def plain(text: str) -> str:
     return _CONTROL.sub(lambda m: f"\\u{ord(m.group(0)):04x}", text)
 
 
+def _row_lines(label: str, value: str) -> list[str]:
+    """One row within WIDTH columns: the value wraps under itself (long tokens such as digests
+    are cut), and a label too long for its column gets a line of its own."""
+    indent = " " * (2 + LABEL + 1)
+    if any(len(token) > WIDTH - len(indent) for token in value.split()):
+        indent = " " * 4  # a digest: whole on its own line rather than cut in two
+    wrapped = textwrap.wrap(value, WIDTH - len(indent), break_on_hyphens=False) or [""]
+    if len(label) > LABEL or len(indent) == 4:
+        head = [f"  {label[: WIDTH - 2]}"]
+        return head + [indent + line for line in wrapped]
+    first = f"  {label:<{LABEL}} {wrapped[0]}"
+    return [first] + [indent + line for line in wrapped[1:]]
+
+
 def render_text(report: Report, verification: Any = None) -> str:
     lines = []
+    if verification is not None and verification.is_mock:
+        lines += ["*" * WIDTH, *("* " + x for x in textwrap.wrap(MOCK_BANNER, WIDTH - 2)), "*" * WIDTH]
     for section in summarize(report, verification):
         lines.append(f"{section.title}:")
         for row in section.rows:
-            lines.append(f"  {plain(row.label):<12} {plain(row.value)}")
+            lines += _row_lines(plain(row.label), plain(row.value))
     return "\n".join(lines) + "\n"

@@ -36,12 +36,24 @@ GPU_TYPES = GPU_EVIDENCE_TYPES
 _Ext = TypeVar("_Ext", bound=x509.ExtensionType)
 
 
+# What a reader can rely on, in the order a report's rendering opens with it.
+TRUST_VERIFIED = "verified"
+TRUST_REJECTED = "NOT verified"
+TRUST_MOCK = "MOCK"
+TRUST_NOT_APPRAISED = "not appraised"
+
+
 @dataclass
 class Verification:
     checks: list[tuple[str, bool, str]] = field(default_factory=list)
     evidence: list[Result] = field(default_factory=list)
     report: Report | None = None
     tcb: list[dict[str, Any]] = field(default_factory=list)
+    at: dt.datetime | None = None
+    """The time the certificates and collateral were checked at (--at, or now)."""
+    appraisal: str | None = None
+    """Reference-value appraisal of the platform (issue 14): None when no reference values were
+    given, so the evidence is authentic but the platform was not compared with anything."""
 
     def add(self, name: str, passed: bool, detail: str) -> bool:
         self.checks.append((name, passed, detail))
@@ -55,8 +67,24 @@ class Verification:
         bad = [(n, d) for n, p, d in self.checks if not p]
         return f"{bad[0][0]}: {bad[0][1]}" if bad else "verified"
 
+    @property
+    def is_mock(self) -> bool:
+        return any(r.is_mock for r in self.evidence)
+
+    def trust(self) -> str:
+        """verified / NOT verified / MOCK / not appraised: what the report is worth, first."""
+        if not self.ok:
+            return TRUST_REJECTED
+        if self.is_mock:
+            return TRUST_MOCK
+        return TRUST_NOT_APPRAISED if self.appraisal is None else TRUST_VERIFIED
+
     def to_json(self) -> dict[str, Any]:
         return {
+            "trust": self.trust(),
+            "appraisal": self.appraisal,
+            "at": self.at.isoformat() if self.at else None,
+            "mock": self.is_mock,
             "ok": self.ok,
             "digest": self.report.digest if self.report else None,
             "checks": [{"name": n, "passed": p, "detail": d} for n, p, d in self.checks],
@@ -85,6 +113,7 @@ def verify_report(
     when = dt.datetime.now(dt.UTC) if at is None else at
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.UTC)  # as the command line reads a time without offset
+    result.at = when
     trust = trust or Trust(allow_mock=allow_mock)
     if not check_signer(result, report):
         return result

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -52,3 +53,14 @@ def demo_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes]:
     result = cli("demo", "--workdir", workdir)
     assert result.returncode == 0, result.stderr
     return workdir, (workdir / "report.cbor").read_bytes()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_test_writes_the_real_state_dir() -> Any:
+    """The tests run as root, so /var/lib would be writable: every job in a test must name
+    its own staging, spool and output directories rather than use the defaults there."""
+    from loader.config import STATE_DIR
+
+    existed = STATE_DIR.exists()
+    yield
+    assert existed or not STATE_DIR.exists(), f"a test wrote {STATE_DIR}: give its job explicit directories"

@@ -29,7 +29,9 @@ def test_demo_report_verifies_only_with_allow_mock(demo_report: tuple[Path, byte
     assert json.loads(ok.stdout)["ok"] is True
     refused = cli("report", "verify", report)
     assert refused.returncode == 1
-    assert "mock" in refused.stderr.splitlines()[-1]
+    assert "mock" in refused.stdout.splitlines()[-1]  # the result is on stdout
+    assert refused.stdout.splitlines()[-1].startswith(f"{report}: NOT verified (checked at ")
+    assert "--allow-mock" in refused.stdout and "pass allow_mock" not in refused.stdout
     shown = report_json(report)
     assert shown["decision"] == {"verdict": "run", "reasons": []}
     assert shown["workload"]["exit_code"] == 0
@@ -68,7 +70,38 @@ def test_replay_then_tamper_then_run_aborts(tmp_path: Path) -> None:
         "--input",
         f"engine={workdir / 'inputs/engine'}",
     )
-    assert good.returncode == 0, good.stderr
+    assert good.returncode == 1, good.stdout  # two of four inputs: incomplete unless --partial
+    assert "not checked: dataset 'clinic', config" in good.stdout
+    partial = cli(
+        "replay",
+        report,
+        "--allow-mock",
+        "--partial",
+        "--input",
+        f"dataset:lab={lab}",
+        "--input",
+        f"engine={workdir / 'inputs/engine'}",
+    )
+    assert partial.returncode == 0, partial.stdout + partial.stderr
+    assert partial.stdout.splitlines()[-1] == (
+        "replay PARTIAL: 2 input(s) match; not checked: dataset 'clinic', config"
+    )
+    full = cli(
+        "replay",
+        report,
+        "--allow-mock",
+        *(
+            f"--input={arg}"
+            for arg in (
+                f"dataset:lab={lab}",
+                f"dataset:clinic={workdir / 'inputs/datasets/clinic'}",
+                f"engine={workdir / 'inputs/engine'}",
+                f"config={workdir / 'inputs/config.json'}",
+            )
+        ),
+    )
+    assert full.returncode == 0, full.stdout + full.stderr
+    assert full.stdout.splitlines()[-1] == "replay ok: all 4 input(s) of the report match"
     again = cli("run", "--config", workdir / "loader.toml")
     assert again.returncode == 0, again.stderr
 
@@ -76,9 +109,9 @@ def test_replay_then_tamper_then_run_aborts(tmp_path: Path) -> None:
     data = bytearray(csv.read_bytes())
     data[100] ^= 0x01
     csv.write_bytes(bytes(data))
-    bad = cli("replay", report, "--allow-mock", "--input", f"dataset:lab={lab}")
+    bad = cli("replay", report, "--allow-mock", "--partial", "--input", f"dataset:lab={lab}")
     assert bad.returncode == 1
-    assert "dataset 'lab'" in bad.stderr
+    assert "replay failed: dataset 'lab' differ(s)" in bad.stdout
 
     marker_runs = len(list((workdir / "output").iterdir()))
     out = tmp_path / "abort.cbor"

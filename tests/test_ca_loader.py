@@ -90,10 +90,10 @@ def test_demo_enrolls_and_its_report_verifies_only_with_that_ca(ca_server, tmp_p
     assert _loader("ca", "init", "--dir", str(other), "--allow-mock").returncode == 0
     bad = _loader("report", "verify", str(report), "--ca", str(other / "ca.pem"), "--allow-mock")
     assert bad.returncode == 1
-    assert "does not chain to the given CA" in bad.stderr
+    assert "does not chain to the given CA" in bad.stdout
 
     no_ca = _loader("report", "verify", str(report), "--allow-mock")
-    assert no_ca.returncode == 1 and "pass --ca" in no_ca.stderr
+    assert no_ca.returncode == 1 and "pass --ca" in no_ca.stdout
 
     shown = _loader("report", "show", str(report), "--json")
     ca_cert = x509.load_pem_x509_certificate((ca_dir / "ca.pem").read_bytes())

@@ -168,18 +168,32 @@ def test_unknown_override_variable_is_refused(tmp_path: Path) -> None:
 
 
 def test_override_must_be_absolute() -> None:
-    with pytest.raises(ConfigError, match="TL_CA_KEY_FILE: expected an absolute path"):
-        secretfiles.check_environment({"TL_CA_KEY_FILE": "key.pem"})
+    with pytest.raises(ConfigError, match="TL_ACCOUNT_KEY_FILE: expected an absolute path"):
+        secretfiles.check_environment({"TL_ACCOUNT_KEY_FILE": "key.pem"})
     with pytest.raises(ConfigError, match="expected an absolute path"):
-        secretfiles.override("ca.key_file", {"TL_CA_KEY_FILE": "key.pem"})
+        secretfiles.override("publish.evm.account_key_file", {"TL_ACCOUNT_KEY_FILE": "key.pem"})
+
+
+def test_every_override_replaces_a_key_the_parser_reads(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Both ways: each variable names a parsed key (no documented override for a key that does
+    not exist), and setting it changes what the parser returns for that key."""
+    recorded = _recorded(monkeypatch, tmp_path)
+    for name, key in secretfiles.SECRET_FILE_ENV.items():
+        assert key in recorded, f"{name} overrides {key}, which the parser never reads"
+    monkeypatch.setenv("TL_ACCOUNT_KEY_FILE", "/run/credentials/operator.key")
+    cfg = config_mod.load_config(tmp_path / "loader.toml")
+    assert cfg.publish.evm is not None
+    assert cfg.publish.evm.account_key_file == Path("/run/credentials/operator.key")
 
 
 def test_secret_path_prefers_the_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    section = config_mod._Section({"key_file": "local.pem"}, "ca", tmp_path / "loader.toml")
-    monkeypatch.delenv("TL_CA_KEY_FILE", raising=False)
-    assert section.secret_path("key_file", tmp_path) == tmp_path / "local.pem"
-    monkeypatch.setenv("TL_CA_KEY_FILE", "/run/credentials/ca.pem")
-    assert section.secret_path("key_file", tmp_path) == Path("/run/credentials/ca.pem")
+    section = config_mod._Section({"account_key_file": "local.key"}, "publish.evm", tmp_path / "loader.toml")
+    monkeypatch.delenv("TL_ACCOUNT_KEY_FILE", raising=False)
+    assert section.secret_path("account_key_file", tmp_path) == tmp_path / "local.key"
+    monkeypatch.setenv("TL_ACCOUNT_KEY_FILE", "/run/credentials/operator.key")
+    assert section.secret_path("account_key_file", tmp_path) == Path("/run/credentials/operator.key")
     section.finish()
     with pytest.raises(KeyError, match="not a secret-file key"):
         config_mod._Section({}, "run", tmp_path).secret_path("command", tmp_path)

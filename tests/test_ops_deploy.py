@@ -138,3 +138,25 @@ def test_systemd_analyze_verify_is_clean(tmp_path: Path) -> None:
         ["systemd-analyze", "verify", str(broken)], capture_output=True, text=True, timeout=60
     )
     assert "ProtectClok" in bad.stderr
+
+
+def test_the_image_can_publish_to_a_chain_with_the_versions_ci_tests() -> None:
+    """The image installs the `chain` extra, pinned to what the tests run with here."""
+    from importlib import metadata
+
+    installs = [line for stage in _stages() for line in stage if "pip install" in line]
+    assert any("'.[chain]'" in line and "--constraint docker/constraints.txt" in line for line in installs)
+    pins = {}
+    for line in (REPO / "docker" / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            pins[name.lower().replace("_", "-")] = version
+    assert {"web3", "cbor2", "cryptography", "pyopenssl", "asn1crypto"} <= set(pins)
+    for name in ("cbor2", "cryptography", "pyopenssl", "asn1crypto", "web3"):
+        try:
+            tested = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+        assert pins[name] == tested, (
+            f"docker/constraints.txt pins {name} {pins[name]}, the tests run {tested}"
+        )

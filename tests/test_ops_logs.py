@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -179,3 +180,33 @@ def test_notify_failure_is_not_fatal(caplog: pytest.LogCaptureFixture) -> None:
     assert notifier.ready("x") is False
     assert notifier.status("y") is False
     assert sum("cannot notify" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_the_ca_logs_in_the_loaders_format(tmp_path: Path) -> None:
+    """One log format for every component: `ca serve` off a terminal writes the loader's JSON
+    lines (ts, level, logger, msg), not a format of its own."""
+    import json as json_mod
+    import urllib.error
+    import urllib.request
+
+    from tests.test_ca_loader import CaProcess, _loader
+
+    assert _loader("ca", "init", "--dir", str(tmp_path / "ca"), "--allow-mock").returncode == 0
+    server = CaProcess(tmp_path / "ca")
+    try:
+        request = urllib.request.Request(
+            server.url + "/v1/certificates",
+            data=b'{"csr": "x", "nonce": "x", "evidence": []}',
+            headers={"Content-Type": "application/json"},
+        )
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(request, timeout=10)
+    finally:
+        server.stop()
+    assert server.proc.stderr is not None
+    records = [
+        json_mod.loads(line) for line in server.proc.stderr.read().splitlines() if line.startswith("{")
+    ]
+    refused = [r for r in records if r["logger"].startswith("certs.") and r["msg"].startswith("refused")]
+    assert refused, records
+    assert set(refused[0]) >= {"ts", "level", "logger", "msg"} and refused[0]["level"] == "info"

@@ -29,6 +29,7 @@ TEMPLATE_TAGS = {
     "html",
     "head",
     "meta",
+    "wbr",
     "title",
     "style",
     "body",
@@ -94,23 +95,29 @@ def _parse_html(page: str) -> _Collector:
 def test_text_summary_has_verdict_inputs_evidence_claims_and_timings(report_raw: bytes) -> None:
     report = parse_report(report_raw)
     text = render_text(report, verify_report(report_raw, allow_mock=True))
-    assert "  verdict      RUN\n" in text
-    assert "  verified     yes: all " in text
+    lines = text.splitlines()
+    assert "MOCK REPORT" in lines[1]  # a mock report carries its banner first
+    assert lines[4:6] == ["Trust:", lines[5]] and lines[5].startswith("  result        MOCK: all ")
+    assert "  verdict       RUN\n" in text
+    assert text.index("Trust:") < text.index("Decision:")
     assert "mock (MOCK, not hardware): verified" in text
-    mrtd = next(line for line in text.splitlines() if line.startswith("  mrtd"))
-    assert len(mrtd.split()[1]) == 96
+    mrtd = lines[lines.index("  mrtd") + 1]
+    assert len(mrtd.split()[0]) == 96 - 20  # a 96-digit value wraps under its label
     for item in report.payload["inputs"]:
-        assert item["digest"] in text
+        assert f"    {item['digest']}\n" in text  # a digest is never cut in two
     assert text.count(", approved") == len(report.payload["inputs"])
-    for label in ("Timings:", "  to measured ", "  hashing ", "  total "):
+    for label in ("Timings:", "  measure ", "  decide        0.", " step: measured to decided", "  total "):
         assert label in text
+    assert max(len(line) for line in lines) <= 80
 
 
 def test_text_summary_without_mock_allowance_says_not_verified(report_raw: bytes) -> None:
     text = render_text(parse_report(report_raw), verify_report(report_raw))
-    assert "  verified     NO: evidence[0]: mock" in text
-    assert "NOT verified" in text
-    assert "not checked" in render_text(parse_report(report_raw))
+    assert "  result        NOT verified: evidence[0]: mock" in text
+    assert "  verdict       RUN (as the report claims; not verified)" in text
+    assert "--allow-mock" in text and "allow_mock to" not in text
+    unchecked = render_text(parse_report(report_raw))
+    assert unchecked.startswith("Trust:\n  result        not checked (--no-verify)")
 
 
 def test_text_escapes_terminal_control_characters(report_raw: bytes) -> None:
@@ -130,7 +137,21 @@ def test_html_escapes_hostile_report_fields(report_raw: bytes) -> None:
     assert not any(name.startswith("on") for name, _ in parsed.attrs)
     assert HOSTILE in "".join(parsed.text)
     assert "signature" in page  # the forged signature is reported ...
-    assert "NO: signature" in "".join(parsed.text)  # ... as a failed verification
+    assert "NOT verified: signature" in "".join(parsed.text)  # ... as a failed verification
+    assert '<span class="trust abort">NOT verified</span>' in page
+    assert '<span class="verdict abort">ABORT</span>' in page
+
+
+def test_html_opens_with_trust_banner_and_breaks_only_at_sensible_points(report_raw: bytes) -> None:
+    page = render_html(parse_report(report_raw), verify_report(report_raw, allow_mock=True))
+    body = page[page.index("<body>") :]
+    assert body.index('class="banner"') < body.index('class="trust') < body.index('class="verdict')
+    assert "MOCK REPORT" in body and "break-all" not in page
+    digest = parse_report(report_raw).digest
+    assert f"sha256:<wbr>{digest[7:23]}<wbr>{digest[23:39]}<wbr>" in body
+    assert "al<wbr>low" not in body and "allow<wbr>" not in body
+    unverified = render_html(parse_report(report_raw), verify_report(report_raw))
+    assert '<span class="verdict unverified">RUN</span>' in unverified  # never a green RUN unverified
 
 
 def test_html_forbids_scripts_by_policy(report_raw: bytes) -> None:
@@ -170,11 +191,14 @@ def test_cli_html_to_file_and_json(report_raw: bytes, tmp_path: Path) -> None:
     done = _cli(str(path), "--html", "-o", str(out), "--allow-mock")
     assert done.returncode == 0, done.stderr
     assert out.read_text().startswith("<!DOCTYPE html>")
-    assert "yes: all" in out.read_text()
+    assert "MOCK: all" in out.read_text()
     js = _cli(str(path), "--json")
     assert js.returncode == 0
     doc = __import__("json").loads(js.stdout)
+    assert list(doc)[:3] == ["trust", "verification", "decision"]  # trust first, then the verdict
+    assert doc["trust"] == "NOT verified" and doc["verification"]["trust"] == "NOT verified"
     assert doc["verification"]["ok"] is False  # mock not allowed
+    assert doc["verification"]["appraisal"] is None
     assert doc["decision"]["verdict"] == "run"
 
 
@@ -183,7 +207,7 @@ def test_cli_show_rejects_garbage_in_one_line(tmp_path: Path) -> None:
     path.write_bytes(cbor2.dumps({"not": "a report"}))
     done = _cli(str(path))
     assert done.returncode == 1
-    assert len(done.stderr.splitlines()) == 1 and done.stderr.startswith("error: ")
+    assert len(done.stderr.splitlines()) == 1 and done.stderr.startswith(f"error: {path}: ")
 
 
 @pytest.mark.parametrize(

@@ -60,7 +60,7 @@ def test_cli_rejects_tampered_and_truncated_with_one_line(
         res = cli("report", "verify", path, "--allow-mock")
         assert res.returncode == 1, (name, res.stderr)
         assert "Traceback" not in res.stderr
-        assert res.stderr.splitlines()[-1].startswith(f"{path}: rejected: ")
+        assert res.stdout.splitlines()[-1].startswith(f"{path}: NOT verified")
         shown = cli("report", "show", path)
         assert shown.returncode == 1 and "Traceback" not in shown.stderr
         assert len(shown.stderr.strip().splitlines()) == 1

@@ -79,7 +79,7 @@ def test_up_to_date_with_crls(tmp_path, capsys):
     q = _quote(tmp_path, quote_bytes("trustee_4"))
     col = str(_dir(tmp_path, go_v4_collateral()))
     assert cli.main([q, "--collateral", col, "--at", "2023-07-01", "--require-crl"]) == 0
-    assert "verified (tdx, TCB UpToDate)" in capsys.readouterr().err
+    assert "verified (tdx, TCB UpToDate)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
@@ -93,7 +93,7 @@ def test_up_to_date_with_crls(tmp_path, capsys):
 def test_truncated_and_oversized_quotes_exit_1_with_one_line(tmp_path, data, message):
     res = _run(_quote(tmp_path, data(quote_bytes("trustee_4"))))
     assert res.returncode == 1
-    last = res.stderr.strip().splitlines()[-1]
+    last = res.stdout.strip().splitlines()[-1]  # the result goes to stdout
     assert message in last and "rejected" in last and "Traceback" not in res.stderr
 
 

@@ -30,7 +30,10 @@ class MockVerifier:
             trust.allow_mock,
             "mock evidence accepted (allow_mock)"
             if trust.allow_mock
-            else "evidence is from the software mock TEE, not hardware; pass allow_mock to accept it",
+            else (
+                "evidence is from the software mock TEE, not hardware; "
+                "accept it with --allow-mock (allow_mock = true in a CA policy)"
+            ),
         )
         if evidence.type != "mock":
             checks.fail("format", f"expected evidence type 'mock', found {evidence.type!r}")

@@ -10,27 +10,24 @@ import datetime as dt
 import sys
 from pathlib import Path
 
-from attestation.clikit import EXIT_USAGE, add_common, emit, read_file, run_guarded
+from attestation.clikit import EXIT_USAGE, add_common, emit, hex_arg, read_file, run_guarded
 from attestation.evidence import Evidence, Trust
 from attestation.nvidia.spdm import NONCE_LEN
 from attestation.nvidia.verifier import DEVICE_ROOT_KEY, RIM_PREFIX, RIM_ROOT_KEY, NvidiaVerifier
-
-
-def _nonce(text: str) -> bytes:
-    try:
-        value = bytes.fromhex(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected {2 * NONCE_LEN} hex digits, found {text!r}") from exc
-    if len(value) != NONCE_LEN:
-        raise argparse.ArgumentTypeError(f"expected a {NONCE_LEN}-byte nonce, found {len(value)} bytes")
-    return value
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description="Verify an NVIDIA GPU attestation report (SPDM 1.1).")
     p.add_argument("report", type=Path, help="report: hex text (as nvtrust stores it) or raw bytes")
     p.add_argument("--chain", type=Path, required=True, help="GPU certificate chain, PEM, leaf first")
-    p.add_argument("--nonce", type=_nonce, help="expected request nonce (64 hex digits); required to pass")
+    p.add_argument(
+        "--report-data",
+        "--nonce",
+        dest="nonce",
+        metavar="HEX",
+        type=hex_arg(NONCE_LEN),
+        help=f"expected nonce, the GPU report's binding ({NONCE_LEN} bytes, hex); required to pass",
+    )
     p.add_argument("--rim", type=Path, action="append", default=[], help="driver or VBIOS RIM (repeatable)")
     p.add_argument("--require-rims", action="store_true", help="fail unless driver and VBIOS RIMs match")
     p.add_argument("--device-root", type=Path, help="override the bundled NVIDIA Device Identity CA")

@@ -229,7 +229,10 @@ class MockGpuVerifier:
             trust.allow_mock,
             "mock GPU evidence accepted (allow_mock)"
             if trust.allow_mock
-            else "evidence is from the software mock GPU, not hardware; pass allow_mock to accept it",
+            else (
+                "evidence is from the software mock GPU, not hardware; "
+                "accept it with --allow-mock (allow_mock = true in a CA policy)"
+            ),
         )
         return verify_gpu_report(
             evidence,

@@ -30,22 +30,9 @@ from attestation.sevsnp.verifier import SnpVerifier
 PROG = "trusted-loader evidence verify --type sev-snp"
 
 
-def _hex(size: int | None = None):  # type: ignore[no-untyped-def]
-    def convert(text: str) -> bytes:
-        try:
-            value = bytes.fromhex(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(f"expected hex, found {text[:40]!r}") from exc
-        if size is not None and len(value) != size:
-            raise argparse.ArgumentTypeError(f"expected {size} bytes of hex, found {len(value)}")
-        return value
-
-    return convert
-
-
 def build_parser(prog: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description="Verify an AMD SEV-SNP attestation report.")
-    p.add_argument("report", type=Path, help="raw ATTESTATION_REPORT (0x4A0 bytes)")
+    p.add_argument("report", type=Path, help="ATTESTATION_REPORT (0x4A0 bytes): raw bytes or hex text")
     p.add_argument("--vcek", type=Path, help="VCEK or VLEK certificate (DER or PEM)")
     p.add_argument("--kds-url", metavar="ROOT", help="fetch the VCEK, chain and CRL from AMD KDS at ROOT")
     p.add_argument("--no-kds-crl", action="store_true", help="with --kds-url: do not fetch the ARK's CRL")
@@ -55,16 +42,26 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--crl", type=Path, help="the ARK's CRL (DER or PEM) from AMD KDS")
     p.add_argument("--ark", type=Path, help="trust these ARK certificates instead of the bundled AMD roots")
     p.add_argument("--product", choices=[x.slug for x in Product], help="Milan, Genoa or Turin")
-    p.add_argument("--report-data", type=_hex(64), help="expected REPORT_DATA (64 bytes hex)")
-    p.add_argument("--measurement", type=_hex(48), action="append", default=[], help="allowed MEASUREMENT")
-    p.add_argument("--host-data", type=_hex(32), help="expected HOST_DATA")
     p.add_argument(
-        "--id-key-digest", type=_hex(48), action="append", default=[], help="allowed ID key digest"
+        "--report-data", metavar="HEX", type=clikit.hex_arg(64), help="expected REPORT_DATA (64 bytes, hex)"
     )
-    p.add_argument("--author-key-digest", type=_hex(48), action="append", default=[])
+    p.add_argument(
+        "--measurement", type=clikit.hex_arg(48), action="append", default=[], help="allowed MEASUREMENT"
+    )
+    p.add_argument("--host-data", type=clikit.hex_arg(32), help="expected HOST_DATA")
+    p.add_argument(
+        "--id-key-digest", type=clikit.hex_arg(48), action="append", default=[], help="allowed ID key digest"
+    )
+    p.add_argument(
+        "--author-key-digest",
+        type=clikit.hex_arg(48),
+        action="append",
+        default=[],
+        help="allowed author key digest",
+    )
     p.add_argument("--min-tcb", help="minimum SPLs, e.g. bl=3,tee=0,snp=8,ucode=115 (Turin also fmc=)")
     p.add_argument("--vmpl", type=int, choices=range(4), help="required VMPL")
-    p.add_argument("--min-guest-svn", type=int)
+    p.add_argument("--min-guest-svn", type=int, help="minimum GUEST_SVN")
     p.add_argument("--allow-debug", action="store_true", help="accept a guest policy that allows DEBUG")
     p.add_argument("--allow-migrate-ma", action="store_true", help="accept a guest policy with MIGRATE_MA")
     clikit.add_common(p)
@@ -90,7 +87,7 @@ def _policy(args: argparse.Namespace) -> SnpPolicy:
 
 def _run(args: argparse.Namespace) -> int:
     policy = _policy(args)
-    data = clikit.read_file(args.report, "report", limit=MAX_EVIDENCE_BYTES)
+    data = clikit.evidence_bytes(clikit.read_file(args.report, "report", limit=2 * MAX_EVIDENCE_BYTES))
     if args.vcek is None and args.kds_url is None:
         raise clikit.UsageError("give the signing certificate (--vcek) or where to fetch it (--kds-url)")
     collateral: dict[str, bytes] = {}

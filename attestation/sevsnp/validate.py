@@ -164,7 +164,7 @@ def validate(
         "guest policy forbids debugging"
         if not pol.debug
         else "guest policy allows DEBUG (hypervisor can decrypt guest memory)"
-        + ("; accepted by allow_debug" if policy.allow_debug else "; refused unless allow_debug"),
+        + ("; accepted (--allow-debug)" if policy.allow_debug else "; refused unless --allow-debug"),
     )
     checks.add(
         "policy_migrate_ma",

@@ -28,7 +28,7 @@ from attestation.tdx.verifier import TdxVerifier
 
 def _parser(prog: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description="Verify an Intel TDX quote (v4 or v5).")
-    p.add_argument("quote", type=Path, help="the quote, raw binary")
+    p.add_argument("quote", type=Path, help="the quote: raw bytes or hex text")
     p.add_argument(
         "--collateral",
         type=Path,
@@ -45,7 +45,9 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         metavar="STATUS,...",
         help="accepted TCB statuses (default UpToDate)",
     )
-    p.add_argument("--report-data", metavar="HEX", help="expected REPORTDATA (64 bytes, hex)")
+    p.add_argument(
+        "--report-data", metavar="HEX", type=clikit.hex_arg(64), help="expected REPORTDATA (64 bytes, hex)"
+    )
     p.add_argument(
         "--require-collateral", action="store_true", help="reject when the TCB cannot be evaluated"
     )
@@ -58,9 +60,10 @@ def _read_quote(path: Path) -> bytes:
     """Read at most one byte past the parser's limit: an oversized file is rejected (exit 1) unread."""
     try:
         with path.open("rb") as f:
-            return f.read(MAX_QUOTE_BYTES + 1)
+            raw = f.read(2 * MAX_QUOTE_BYTES + 8)  # hex text takes two characters a byte
     except OSError as exc:
         raise clikit.UsageError(f"{path}: cannot read quote: {exc.strerror or exc}") from exc
+    return clikit.evidence_bytes(raw)[: MAX_QUOTE_BYTES + 1]  # oversized: rejected (exit 1) unparsed
 
 
 def _read_collateral(directory: Path) -> dict[str, bytes]:
@@ -89,25 +92,16 @@ def _accept(text: str) -> frozenset[str]:
     return statuses
 
 
-def _expected(text: str | None) -> bytes | None:
-    if text is None:
-        return None
-    try:
-        value = bytes.fromhex(text)
-    except ValueError as exc:
-        raise clikit.UsageError("--report-data: not hex") from exc
-    if len(value) != 64:
-        raise clikit.UsageError(f"--report-data: expected 64 bytes, found {len(value)}")
-    return value
-
-
 def _fetch(args: argparse.Namespace, data: bytes) -> dict[str, bytes]:
     fetcher = Fetcher(cache_dir=args.collateral_cache, offline_dir=args.offline)
     return pcs.PcsClient(args.pccs_url, fetcher).collateral(pcs.target_of(data))
 
 
 def main(argv: list[str], prog: str = "trusted-loader evidence verify --type tdx") -> int:
-    args = _parser(prog).parse_args(argv)
+    try:
+        args = _parser(prog).parse_args(argv)
+    except SystemExit as exc:  # usage errors exit 2 (argparse printed why), --help exits 0
+        return exc.code if isinstance(exc.code, int) else clikit.EXIT_USAGE
 
     def body() -> int:
         roots = (
@@ -117,7 +111,7 @@ def main(argv: list[str], prog: str = "trusted-loader evidence verify --type tdx
             raise clikit.UsageError("--pccs-url and --collateral: give one source of collateral")
         if args.offline and not args.pccs_url:
             raise clikit.UsageError("--offline DIR: needs --pccs-url (the service the copies came from)")
-        expected = _expected(args.report_data)
+        expected = args.report_data
         data = _read_quote(args.quote)
         fetched = args.pccs_url is not None
         try:
