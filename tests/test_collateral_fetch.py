@@ -292,7 +292,7 @@ def test_trusted_loader_evidence_verify_passes_pccs_url_through(tmp_path) -> Non
             "--at",
             "2023-07-01",
         )
-    assert res.returncode == 0 and res.stderr.rstrip().endswith("verified (tdx, TCB UpToDate)"), res.stderr
+    assert res.returncode == 0 and res.stdout.rstrip().endswith("verified (tdx, TCB UpToDate)"), res
 
 
 def test_turin_vcek_query_and_cache_keys_that_escape_are_refused(tmp_path) -> None:
