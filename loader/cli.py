@@ -163,13 +163,24 @@ def cmd_report_verify(args: argparse.Namespace) -> int:
 
     raw = read_bounded(args.report, "report")
     trust = _collateral_trust(args.collateral, args.allow_mock) if args.collateral else None
-    result = verify_report(raw, ca=load_ca(args.ca), at=args.at, allow_mock=args.allow_mock, trust=trust)
+    result = verify_report(
+        raw,
+        ca=load_ca(args.ca),
+        at=args.at,
+        allow_mock=args.allow_mock,
+        trust=trust,
+        allow_no_isolation=args.allow_no_isolation,
+    )
     if args.json:
         json.dump(result.to_json(), sys.stdout, indent=2, sort_keys=True)
         sys.stdout.write("\n")
     else:
         for name, passed, detail in result.checks:
             print(f"{'ok  ' if passed else 'FAIL'} {name}: {detail}", file=sys.stderr)
+    if args.allow_no_isolation:
+        print(
+            f"{args.report}: --allow-no-isolation given: an uncontained engine is accepted", file=sys.stderr
+        )
     if result.ok:
         print(f"{args.report}: verified", file=sys.stderr)
         return EXIT_OK
@@ -264,6 +275,11 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--ca", type=Path)
     verify.add_argument("--at", type=_time)
     verify.add_argument("--allow-mock", action="store_true")
+    verify.add_argument(
+        "--allow-no-isolation",
+        action="store_true",
+        help="accept a report whose engine ran with [run] isolation = 'none'",
+    )
     verify.add_argument(
         "--collateral", type=Path, help="directory of vendor collateral (Intel PCS files...): TCB evaluated"
     )

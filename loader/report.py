@@ -15,7 +15,13 @@ Payload fields (all keys text, no floats, times as RFC 3339 UTC strings):
              encrypted: null | {digest, size, grant} for a dataset that arrived encrypted: the
              ciphertext's digest and size and the grant file's digest; `digest` is then the
              plaintext's, or "" when the job aborted before it was decrypted
-  events     [{register, event, value: bstr(48)}]  runtime-register extensions, in order
+  events     [{register, event, value: bstr(48)}]  runtime-register extensions, in order; the last
+             is "workload-start" when the engine ran (loader.boundary)
+  rtmr3      null | {initial: bstr(48)}          RTMR3 read before the loader's first extension
+             (TDX, mock); null where the TEE has no runtime register (SEV-SNP)
+  containment null | {isolation: "namespaces"|"none"|"oci", runner, uid, gid, user_namespace,
+             namespaces: [text], network, devices: [text], boundary}  how the engine was
+             contained (docs/containment.md); null when no engine started
   decision   {verdict: "run"|"abort", reasons: [text]}
   workload   null | {exit_code, timed_out, ms, error, output}
   hashing    {bytes, ms, rate}                   rate in bytes per second
@@ -70,6 +76,21 @@ _SCHEMA: dict[str, Any] = {
     "policy": {"digest": _TEXT, "document": _BYTES, "signatures": _LIST, "signers": _LIST},
     "inputs": _LIST,
     "events": _LIST,
+    "rtmr3": (type(None), {"initial": _BYTES}),
+    "containment": (
+        type(None),
+        {
+            "isolation": _TEXT,
+            "runner": _TEXT,
+            "uid": (type(None), _INT),
+            "gid": (type(None), _INT),
+            "user_namespace": _BOOL,
+            "namespaces": _LIST,
+            "network": _TEXT,
+            "devices": _LIST,
+            "boundary": _TEXT,
+        },
+    ),
     "decision": {"verdict": _TEXT, "reasons": _LIST},
     "workload": (
         type(None),
@@ -154,6 +175,7 @@ def check_payload(payload: object) -> dict[str, Any]:
         _check_map(item, _SIGNER, f"policy.signers[{i}]")
     for i, item in enumerate(payload["events"]):
         _check_map(item, _EVENT, f"events[{i}]")
+    _check_containment(payload["containment"])
     if payload["decision"]["verdict"] not in ("run", "abort"):
         raise ReportError("report payload: decision.verdict: expected 'run' or 'abort'")
     if not all(isinstance(r, str) for r in payload["decision"]["reasons"]):
@@ -164,6 +186,16 @@ def check_payload(payload: object) -> dict[str, Any]:
         except ValueError as exc:
             raise ReportError(f"report payload: timestamps.{key}: not an RFC 3339 UTC time") from exc
     return payload
+
+
+def _check_containment(record: dict[str, Any] | None) -> None:
+    if record is None:
+        return
+    for key in ("namespaces", "devices"):
+        if not all(isinstance(v, str) for v in record[key]):
+            raise ReportError(f"report payload: containment.{key}: expected text")
+    if record["isolation"] not in ("namespaces", "none", "oci"):
+        raise ReportError(f"report payload: containment.isolation: unknown {record['isolation']!r}")
 
 
 @dataclass(frozen=True)

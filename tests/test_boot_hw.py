@@ -46,7 +46,9 @@ def test_tdx_boot_flow_extends_rtmr3_and_reports_replayable_events(demo_dir: Pat
     payload = parse_report(outcome.report).payload
     assert [e["type"] for e in payload["evidence"]] == ["tdx"]
     values = [e["value"] for e in payload["events"]]
-    assert len(values) == 5 and kernel.rtmrs[3] == rtmr.replay(values)
+    assert len(values) == 6 and kernel.rtmrs[3] == rtmr.replay(values)
+    assert payload["events"][-1]["event"] == "workload-start"
+    assert payload["rtmr3"] == {"initial": bytes(48)}
     assert kernel.inblobs and len(kernel.inblobs[0]) == 64
     failed = _failed_checks(outcome.report)
     assert len(failed) == 1 and failed[0].startswith("evidence[0]: tdx: report_data"), failed
