@@ -4,6 +4,7 @@ argv[1] is a JSON object of targets (loader pid, files, the TEE tree, a loopback
 attempt is written to $TL_OUTPUT/attempts.json as "denied: ..." or "SUCCEEDED".
 """
 
+import contextlib
 import json
 import os
 import socket
@@ -19,7 +20,7 @@ def attempt(name, action):
     try:
         action()
         attempts[name] = "SUCCEEDED"
-    except Exception as exc:  # noqa: BLE001 - every failure is a result here
+    except Exception as exc:
         attempts[name] = f"denied: {type(exc).__name__}: {exc}"
 
 
@@ -63,10 +64,8 @@ if targets.get("linger"):
             spool = targets["spool"]
             victims = [os.path.join(spool, n) for n in os.listdir(spool)] if os.path.isdir(spool) else []
             for victim in [*victims, targets["report_out"]]:
-                try:
+                with contextlib.suppress(OSError):
                     os.unlink(victim)
-                except OSError:
-                    pass
             with open(os.path.join(out, "result.txt"), "w") as f:
                 f.write("rewritten by a process that outlived the engine\n")
             os._exit(0)
