@@ -110,3 +110,262 @@ def test_uncontained_engine_reaches_everything_and_verify_refuses_it(tmp_path: P
     # The engine extended the mock RTMR3 after the loader's boundary: the record shows it.
     accepted = verify_report(outcome.report, allow_mock=True, allow_no_isolation=True)
     assert accepted.ok, accepted.reason()
+
+
+def test_loader_is_not_dumpable_once_the_key_exists(demo_dir: Path) -> None:
+    import ctypes
+
+    boot(load_config(demo_dir / "loader.toml"))
+    assert ctypes.CDLL(None).prctl(3, 0, 0, 0, 0) == 0  # PR_GET_DUMPABLE
+
+
+SLEEPER = """import os, sys, time
+out = os.environ["TL_OUTPUT"]
+open(os.path.join(out, "result.txt"), "w").write("before the timeout\\n")
+if os.fork() == 0:
+    os.setsid()
+    time.sleep(1.5)
+    open(os.path.join(out, "result.txt"), "w").write("rewritten after the timeout\\n")
+    os._exit(0)
+time.sleep(60)
+"""
+
+
+def test_timeout_kills_every_process_the_engine_started(tmp_path: Path) -> None:
+    job = make_job(tmp_path / "job", engine_source=SLEEPER)
+    text = job.config.read_text().replace("timeout = 120", "timeout = 0.5")
+    job.config.write_text(text.replace("uid = 65534\ngid = 65534", f"uid = {UID}\ngid = {UID}"))
+    start = time.monotonic()
+    outcome = boot(load_config(job.config))
+    assert outcome.workload is not None and outcome.workload.timed_out
+    assert time.monotonic() - start < 10
+    time.sleep(1.5)
+    output = outcome.output_dir / "output"  # type: ignore[operator]
+    assert (output / "result.txt").read_text() == "before the timeout\n"
+    assert parse_report(outcome.report).payload["workload"]["output"]["digest"] == digest_path(output).digest
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("uid = 0", "run.uid: expected a non-root id"),
+        ('isolation = "chroot"', "run.isolation: expected one of ['namespaces', 'none']"),
+        ('network = "bridge"', "run.network: expected one of ['none', 'host']"),
+        ("gid = 5", "run.gid: set together with [run] uid"),
+    ],
+)
+def test_containment_settings_are_checked(demo_dir: Path, line: str, message: str) -> None:
+    from loader.errors import ConfigError
+
+    cfg = demo_dir / "loader.toml"
+    text = cfg.read_text().replace("uid = 65534\ngid = 65534\n", "")
+    cfg.write_text(text.replace("timeout = 120", f"timeout = 120\n{line}"))
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_config(cfg)
+
+
+def test_missing_engine_account_refuses_to_start_the_engine(demo_dir: Path) -> None:
+    cfg = demo_dir / "loader.toml"
+    text = cfg.read_text().replace("uid = 65534\ngid = 65534\n", "")
+    cfg.write_text(text.replace("timeout = 120", 'timeout = 120\nuser = "no-such-engine-account"'))
+    outcome = boot(load_config(cfg))
+    assert outcome.exit_code == 3 and outcome.workload is None
+    assert outcome.reasons[-1].startswith(
+        "containment: run.user: the engine account 'no-such-engine-account'"
+    )
+    assert verify_report(outcome.report, allow_mock=True).ok  # a signed abort that verifies
+
+
+def _forge(loader_report: bytes, evidence_for) -> bytes:  # type: ignore[no-untyped-def]
+    """The attacker's report: the loader's payload, under the attacker's own key and evidence."""
+    import datetime as dt
+    import secrets
+
+    from cryptography.hazmat.primitives import serialization
+
+    from attestation import binding
+    from certs.selfissue import self_issue
+    from loader.keys import EphemeralKey
+    from loader.report import sign_report
+
+    key = EphemeralKey()
+    payload = dict(parse_report(loader_report).payload)
+    nonce = secrets.token_bytes(binding.NONCE_LEN)
+    evidence = evidence_for(binding.report_data(key.spki, nonce, []))
+    payload.update(key={"alg": "ES384", "spki": key.spki}, nonce=nonce, evidence=[evidence.to_cbor_obj()])
+    bundle = {"nonce": nonce, "evidence": payload["evidence"], "claims": {}}
+    cert = self_issue(
+        key.private, common_name="trusted-loader demo", bundle=bundle, now=dt.datetime.now(dt.UTC)
+    )
+    return sign_report(payload, x5chain=[cert.public_bytes(serialization.Encoding.DER)], sign=key.sign_raw)
+
+
+def _failed(raw: bytes) -> dict[str, str]:
+    return {n: d for n, p, d in verify_report(raw, allow_mock=True).checks if not p}
+
+
+def test_mock_evidence_made_after_the_workload_started_is_refused(demo_dir: Path) -> None:
+    """An engine that got the mock device anyway (or ran later in this VM) signs a report with
+    evidence of its own: RTMR3 in that evidence includes the workload start, so it is refused."""
+    from attestation.mock.attester import MockAttester
+
+    outcome = boot(load_config(demo_dir / "loader.toml"))
+    assert outcome.exit_code == 0, outcome.reasons
+    register = demo_dir / "tee" / "dev" / "mock-tee" / "rtmr3"
+    after_start = register.read_bytes()
+
+    def evidence_at(value: bytes):  # type: ignore[no-untyped-def]
+        def collect(report_data: bytes):  # type: ignore[no-untyped-def]
+            attester = MockAttester(root=demo_dir / "tee")  # "boots" the mock: RTMR3 zero...
+            register.write_bytes(value)  # ...then the register holds what the attacker found
+            return attester.collect(report_data)
+
+        return collect
+
+    forged = _forge(outcome.report, evidence_at(after_start))
+    assert list(_failed(forged)) == ["rtmr3"]
+    assert "includes a workload start" in _failed(forged)["rtmr3"]
+    # The control: the same forgery with evidence from before the boundary passes every check,
+    # so it is the RTMR3 history alone that tells the engine's evidence from the loader's.
+    assert _failed(_forge(outcome.report, evidence_at(bytes(48)))) == {}
+    # Evidence whose RTMR3 no replay of the log reaches is refused too.
+    assert list(_failed(_forge(outcome.report, evidence_at(b"\x07" * 48)))) == ["rtmr3"]
+
+
+RTMR3_OFFSET = 48 + 472  # quote header, then the TD report body up to RTMR3
+
+
+def synthetic_quote_with_rtmr3(real: bytes, value: bytes) -> bytes:
+    """SYNTHETIC: a real TDX quote with RTMR3 rewritten (its signature no longer verifies)."""
+    from attestation.tdx import quote
+
+    forged = real[:RTMR3_OFFSET] + value + real[RTMR3_OFFSET + 48 :]
+    assert quote.parse(forged).body.rtmr3 == value
+    return forged
+
+
+def test_tdx_evidence_made_after_the_workload_started_is_refused(demo_dir: Path) -> None:
+    """Through the fake configfs-tsm tree: the quote's RTMR3 follows the fake register, so a
+    quote taken after the loader's workload-start carries it, and report verify refuses it."""
+    from attestation.tdx.attester import TdxAttester
+    from tests.tdx_helpers import ROOT, FakeTdxKernel, quote_bytes
+    from tests.test_boot_hw import _use_tee
+
+    real = quote_bytes("trustee_6")
+
+    class FollowingKernel(FakeTdxKernel):
+        def _record(self, inblob: bytes, _lvl: int | None) -> tuple[bytes, bytes]:
+            self.inblobs.append(inblob)
+            return synthetic_quote_with_rtmr3(real, self.rtmrs[3]), b""
+
+    kernel = FollowingKernel(real)
+    outcome = boot(load_config(_use_tee(demo_dir, "tdx")), attester=TdxAttester(root=ROOT, ops=kernel))
+    assert outcome.exit_code == 0, outcome.reasons
+    loader_checks = verify_report(outcome.report).checks
+    assert ("rtmr3", True) in [(n, p) for n, p, _ in loader_checks]
+    engine = TdxAttester(root=ROOT, ops=kernel)  # the attacker asks the same TEE, later
+    failed = {n: d for n, p, d in verify_report(_forge(outcome.report, engine.collect)).checks if not p}
+    assert "includes a workload start" in failed["rtmr3"], failed
+
+
+PROBE = """#!/bin/sh
+out="$TL_OUTPUT/probe.txt"
+{ id -u; ls /dev; grep -E '^(Cap(Eff|Bnd)|NoNewPrivs)' /proc/self/status; } > "$out"
+cat "$1" >> "$out" 2>&1 || echo secret-denied >> "$out"
+"""
+
+
+def _staged(base: Path, owner: int) -> object:
+    from loader.runner import StagedPaths
+
+    (base / "inputs" / "dataset").mkdir(parents=True)
+    engine = base / "inputs" / "engine"
+    engine.write_text(PROBE)
+    engine.chmod(0o755)
+    for path in (base, base / "inputs", base / "inputs" / "dataset", engine):
+        os.chown(path, owner, owner)
+    return StagedPaths(engine, None, {}, base / "inputs" / "dataset", base / "output", base / "logs")
+
+
+def _probe(sandbox, paths, secret: Path, *, prefix: tuple[str, ...] = (), python: str = "") -> list[str]:  # type: ignore[no-untyped-def]
+    import subprocess
+
+    from loader.runner import environment
+
+    paths.output.mkdir(mode=0o700)
+    paths.logs.mkdir(mode=0o700)
+    r, w = os.pipe()
+    argv = sandbox.wrap([str(paths.engine), str(secret)], environment(paths, {}), paths, w, python=python)
+    for path in (paths.output, paths.logs):
+        os.chown(path, sandbox.identity.uid, sandbox.identity.gid)
+    done = subprocess.run([*prefix, *argv], pass_fds=(w,), capture_output=True, timeout=60, check=False)
+    os.close(w)
+    assert os.read(r, 100) == b"ready\n", done.stderr
+    os.close(r)
+    assert done.returncode == 0, done.stderr
+    return (paths.output / "probe.txt").read_text().split("\n")
+
+
+def test_unprivileged_loader_contains_the_engine_in_a_user_namespace(tmp_path: Path) -> None:
+    """The demo as a non-root user: no uid to switch to, so the engine is root without any
+    capability in a user namespace mapped to the loader's uid, in the same namespaces."""
+    import shutil
+    import tempfile
+
+    from loader.sandbox import Identity, Sandbox
+
+    user = 64124
+    base = Path(tempfile.mkdtemp(dir="/tmp"))
+    try:
+        os.chown(base, user, user)
+        paths = _staged(base, user)
+        (base / "root").mkdir()
+        os.chown(base / "root", user, user)
+        secret = tmp_path / "secret"
+        secret.write_text("the loader's secret\n")
+        box = Sandbox(Identity(user, user, user_namespace=True), "none", (), base / "root")
+        setpriv = ("setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", "--")
+        lines = _probe(box, paths, secret, prefix=setpriv, python="/usr/bin/python3")
+    finally:
+        shutil.rmtree(base)
+    assert lines[0] == "0"  # root in its own user namespace...
+    assert "CapEff:\t0000000000000000" in lines and "CapBnd:\t0000000000000000" in lines  # ...with nothing
+    assert "NoNewPrivs:\t1" in lines and "secret-denied" in lines
+    assert "tdx_guest" not in lines and "null" in lines
+
+
+def test_gpu_device_nodes_are_passed_only_when_gpu_is_on(tmp_path: Path) -> None:
+    from loader.sandbox import Identity, Sandbox, gpu_devices
+
+    tee = tmp_path / "tee"
+    (tee / "dev").mkdir(parents=True)
+    for name in ("nvidia0", "nvidiactl", "sev-guest"):
+        (tee / "dev" / name).write_bytes(b"")
+    assert gpu_devices(tee, "none") == ()
+    devices = gpu_devices(tee, "mock")
+    assert [Path(d).name for d in devices] == ["nvidia0", "nvidiactl"]
+    seen = {}
+    for mode, nodes in (("on", devices), ("off", ())):
+        base = tmp_path / mode
+        base.mkdir()
+        (base / "root").mkdir()
+        box = Sandbox(Identity(UID, UID, user_namespace=False), "none", nodes, base / "root")
+        seen[mode] = _probe(box, _staged(base, 0), tmp_path / "missing")
+    assert seen["on"][0] == str(UID) and {"nvidia0", "nvidiactl"} <= set(seen["on"])
+    assert "sev-guest" not in seen["on"] and not {"nvidia0", "nvidiactl"} & set(seen["off"])
+
+
+def test_report_verify_refuses_no_isolation_unless_told_and_says_so(demo_dir: Path) -> None:
+    from tests.conftest import cli
+
+    cfg = demo_dir / "loader.toml"
+    cfg.write_text(cfg.read_text().replace("timeout = 120", 'timeout = 120\nisolation = "none"'))
+    report = demo_dir / "none.cbor"
+    report.write_bytes(boot(load_config(cfg)).report)
+    refused = cli("report", "verify", report, "--allow-mock")
+    assert refused.returncode == 1 and "FAIL containment: isolation 'none'" in refused.stderr
+    text = cli("report", "verify", report, "--allow-mock", "--allow-no-isolation")
+    assert text.returncode == 0, text.stderr
+    assert "--allow-no-isolation given" in text.stderr and "accepted (--allow-no-isolation)" in text.stderr
+    js = cli("report", "verify", report, "--allow-mock", "--allow-no-isolation", "--json")
+    assert js.returncode == 0 and json.loads(js.stdout)["allow_no_isolation"] is True
