@@ -399,10 +399,12 @@ def _run(state: BootState, staging: Path) -> None:
             state.reasons.append(problem)
             log.error("abort: %s", problem)
             return
-        if not _mark_start(state):
+        user = _oci_user(state)
+        if user is False or not _mark_start(state):
             return
-        state.workload = run_staged_image(run, paths, name=f"tl-{state.run_id}")
-        state.containment = {**oci_containment(run), "boundary": _boundary_text(state)}
+        state.workload = run_staged_image(run, paths, name=f"tl-{state.run_id}", user=user or None)
+        ids = {"uid": user[0], "gid": user[1]} if user else {}
+        state.containment = {**oci_containment(run), **ids, "boundary": _boundary_text(state)}
     else:
         box = _sandbox(state, staging)
         if box is False or not _mark_start(state):
@@ -426,6 +428,19 @@ def _sandbox(state: BootState, staging: Path) -> sandbox.Sandbox | bool | None:
         state.reasons.append(f"containment: {exc}")
         log.error("abort: containment: %s", exc)
         return False
+
+
+def _oci_user(state: BootState) -> tuple[int, int] | bool | None:
+    """The engine's uid/gid for podman --user as root; None rootless or with isolation "none"."""
+    if state.cfg.run.isolation == "none":
+        return None
+    try:
+        identity = sandbox.check_settings(state.cfg.run)
+    except sandbox.ContainmentError as exc:
+        state.reasons.append(f"containment: {exc}")
+        log.error("abort: containment: %s", exc)
+        return False
+    return None if identity is None or identity.user_namespace else (identity.uid, identity.gid)
 
 
 def _mark_start(state: BootState) -> bool:

@@ -25,9 +25,11 @@ DEVICE_UNITS = {"tdx": "dev-tdx_guest.device", "sev-snp": "dev-sev\\x2dguest.dev
 
 def cmd_config_check(args: argparse.Namespace) -> int:
     from loader.config import load_config
+    from loader.sandbox import check_settings
     from loader.secretfiles import active
 
     cfg = load_config(args.file)
+    check_settings(cfg.run)  # as `run` does before it starts the engine
     overrides = active()
     if args.json:
         doc = {

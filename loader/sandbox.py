@@ -147,9 +147,20 @@ def gpu_devices(tee_root: Path, gpu_mode: str) -> tuple[str, ...]:
     return tuple(sorted(glob.glob(str(tee_root / "dev" / "nvidia*"))))
 
 
-def plan(run: RunSettings, *, tee_root: Path, gpu_mode: str, workdir: Path) -> Sandbox:
+def check_settings(run: RunSettings) -> Identity | None:
+    """What `run` checks before it starts the engine, and `config check` checks too: the
+    engine's identity and (for the process runner) the sandbox's tools. None: no isolation."""
+    if run.isolation == "none":
+        return None
     identity = resolve_identity(run)
-    check_available(identity)
+    if run.runtime == "process":
+        check_available(identity)
+    return identity
+
+
+def plan(run: RunSettings, *, tee_root: Path, gpu_mode: str, workdir: Path) -> Sandbox:
+    identity = check_settings(run)
+    assert identity is not None, "plan() is for isolation 'namespaces'"
     root = workdir / "root"
     root.mkdir(mode=0o700, exist_ok=True)
     return Sandbox(identity, run.network, gpu_devices(tee_root, gpu_mode), root, tuple(map(str, run.expose)))
