@@ -99,7 +99,7 @@ def run_process(
     env = environment(paths, extra_env)
     if sandbox is None:
         return supervise(argv, env=env, cwd=paths.output, logs=paths.logs, timeout=timeout)
-    from loader.sandbox import grant_access
+    from loader.sandbox import grant_access, reclaim
 
     grant_access(sandbox, paths)
     status_r, status_w = os.pipe()
@@ -109,6 +109,7 @@ def run_process(
             wrapped, env={"PATH": env["PATH"]}, cwd=None, logs=paths.logs, timeout=timeout, give=(status_w,)
         )
         said = status.read(4096).strip()
+    reclaim(sandbox, paths.output)
     if said != "ready":
         why = said or f"unshare exited with {result.exit_code} before the sandbox was ready (logs/stderr.log)"
         return WorkloadResult(None, False, result.seconds, f"containment: {why}")

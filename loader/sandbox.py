@@ -183,6 +183,22 @@ def grant_access(sandbox: Sandbox, paths: StagedPaths) -> None:
     os.chmod(paths.output, 0o700)
 
 
+def reclaim(sandbox: Sandbox, output: Path) -> None:
+    """Once every engine process is gone: the output tree back to the loader (owner rw), so it
+    is measured and moved without CAP_DAC_OVERRIDE."""
+    if sandbox.identity.user_namespace:
+        return
+    uid, gid = os.getuid(), os.getgid()
+    for dirpath, dirnames, filenames in os.walk(output):
+        os.lchown(dirpath, uid, gid)
+        os.chmod(dirpath, 0o700)
+        for name in dirnames + filenames:
+            target = os.path.join(dirpath, name)
+            os.lchown(target, uid, gid)
+            if not os.path.islink(target) and not os.path.isdir(target):
+                os.chmod(target, (os.lstat(target).st_mode & 0o777) | 0o600)
+
+
 PR_SET_DUMPABLE = 4
 
 

@@ -102,8 +102,8 @@ def build_root(spec: dict) -> None:  # type: ignore[type-arg]
     _check(_libc.umount2(b".", MNT_DETACH), "detaching the old root")
     os.chdir("/")
     mount(None, "/", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
-    if spec["hostname"]:
-        _check(_libc.sethostname(spec["hostname"].encode(), len(spec["hostname"])), "sethostname")
+    if spec["hostname"]:  # cosmetic, in the private UTS namespace; ProtectHostname= may forbid it
+        _libc.sethostname(spec["hostname"].encode(), len(spec["hostname"]))
 
 
 def drop_privileges(spec: dict) -> None:  # type: ignore[type-arg]

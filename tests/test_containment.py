@@ -83,6 +83,7 @@ def test_every_attack_of_a_hostile_engine_fails_and_the_report_stands(tmp_path: 
     time.sleep(1.5)  # the grandchild would have struck by now
     output = outcome.output_dir / "output"
     assert (output / "result.txt").read_text() == "the engine's honest result\n"
+    assert (output / "result.txt").stat().st_uid == 0  # taken back from the engine's uid
     assert report_out.read_bytes() == outcome.report and outcome.spool_path.read_bytes() == outcome.report
     payload = parse_report(outcome.report).payload
     assert payload["workload"]["output"]["digest"] == digest_path(output).digest
