@@ -29,7 +29,6 @@ INIT = Path(__file__).with_name("sandbox_init.py")
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
 MASKED = ("/etc/trusted-loader",)
 TMP_SIZE = "1g"
-BOUNDARY_NONE = "none: SEV-SNP has no runtime register; containment is the only defence"
 
 
 class ContainmentError(RunnerError):

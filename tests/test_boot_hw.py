@@ -75,6 +75,11 @@ def test_snp_boot_flow_against_fake_device(demo_dir: Path, tmp_path: Path, inter
     payload = parse_report(outcome.report).payload
     assert [e["type"] for e in payload["evidence"]] == ["sev-snp"]
     assert payload["evidence"][0]["data"] == report
+    assert payload["rtmr3"] is None  # no runtime register: containment is the only defence
+    assert (
+        payload["containment"]["boundary"]
+        == "SEV-SNP has no runtime register: containment is the only defence"
+    )
     failed = _failed_checks(outcome.report)
     assert len(failed) == 1 and failed[0].startswith("evidence[0]: sev-snp: report_data"), failed
 

@@ -76,6 +76,7 @@ def test_every_attack_of_a_hostile_engine_fails_and_the_report_stands(tmp_path: 
     for name in ("loader_mem", "account_key", "configuration", "tsm_entry", "tee_device", "rtmr3", "network"):
         assert attempts[name].startswith("denied"), (name, attempts[name])
     assert attempts["uid"] == UID
+    assert attempts["fds"] == [0, 1, 2, 3]  # stdin (null), its two logs, and the listing itself
     assert attempts["pids"] == [1, 2] or len(attempts["pids"]) <= 3, attempts["pids"]  # init, engine
     status = attempts["status"]
     assert all(status[k] == "0000000000000000" for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"))
@@ -370,3 +371,56 @@ def test_report_verify_refuses_no_isolation_unless_told_and_says_so(demo_dir: Pa
     assert "--allow-no-isolation given" in text.stderr and "accepted (--allow-no-isolation)" in text.stderr
     js = cli("report", "verify", report, "--allow-mock", "--allow-no-isolation", "--json")
     assert js.returncode == 0 and json.loads(js.stdout)["allow_no_isolation"] is True
+
+
+def _system_python() -> str | None:
+    """A system interpreter of this minor version that an unprivileged uid can run this venv with."""
+    import shutil
+    import sys
+
+    return shutil.which(f"python{sys.version_info[0]}.{sys.version_info[1]}", path="/usr/bin:/bin")
+
+
+def test_demo_runs_contained_for_an_unprivileged_user(tmp_path: Path) -> None:
+    """`trusted-loader demo` as uid 64124 (setpriv): the engine is contained in a user namespace."""
+    import shutil
+    import subprocess
+    import sysconfig
+    import tempfile
+
+    from tests.ops_helpers import REPO
+
+    python, user = _system_python(), 64124
+    if python is None:
+        pytest.skip("no system python of this version for an unprivileged uid to run the loader with")
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": f"{REPO}:{sysconfig.get_paths()['purelib']}",
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    setpriv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", "--"]
+    probe = subprocess.run(
+        [*setpriv, python, "-c", "import loader, cryptography, cbor2"], env=env, check=False
+    )
+    if probe.returncode != 0:
+        pytest.skip("this checkout or its packages are not readable by an unprivileged uid")
+    base = Path(tempfile.mkdtemp(dir="/tmp"))
+    try:
+        os.chown(base, user, user)
+        env["HOME"] = str(base)
+        done = subprocess.run(
+            [*setpriv, python, "-m", "loader", "demo", "--workdir", str(base / "demo")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        raw = (base / "demo" / "report.cbor").read_bytes()
+    finally:
+        shutil.rmtree(base)
+    record = parse_report(raw).payload["containment"]
+    assert (record["isolation"], record["uid"], record["user_namespace"]) == ("namespaces", user, True)
+    assert {"pid", "mount", "net", "user"} <= set(record["namespaces"])
+    assert verify_report(raw, allow_mock=True).ok
