@@ -197,6 +197,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         ca=load_ca(args.ca),
         at=args.at,
         allow_mock=args.allow_mock,
+        allow_no_isolation=args.allow_no_isolation,
     )
     if not check.ok:
         print(f"{args.report}: rejected: {check.reason()}", file=sys.stderr)
@@ -294,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--ca", type=Path)
     rep.add_argument("--at", type=_time)
     rep.add_argument("--allow-mock", action="store_true")
+    rep.add_argument("--allow-no-isolation", action="store_true", help="as for report verify")
     rep.set_defaults(func=cmd_replay)
 
     from certs.cli import add_parser as add_ca_parser
