@@ -187,7 +187,10 @@ def run_oci(
     start = time.monotonic()
     if (problem := load_image(settings, layout, image_id)) is not None:
         return WorkloadResult(None, False, time.monotonic() - start, problem)
-    return supervise(
+    from loader.runner import checked_output
+    from loader.sandbox import take_back
+
+    result = supervise(
         argv,
         env=_runtime_env(),
         cwd=None,
@@ -196,6 +199,7 @@ def run_oci(
         on_stop=lambda: _remove(settings, name),
         start=start,
     )
+    return checked_output(result, take_back(paths.output, chown=user is not None))
 
 
 def _remove(settings: OciSettings, name: str) -> None:

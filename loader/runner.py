@@ -97,9 +97,11 @@ def run_process(
     paths.output.mkdir(mode=0o700, parents=True, exist_ok=True)
     paths.logs.mkdir(mode=0o700, parents=True, exist_ok=True)
     env = environment(paths, extra_env)
+    from loader.sandbox import grant_access, take_back
+
     if sandbox is None:
-        return supervise(argv, env=env, cwd=paths.output, logs=paths.logs, timeout=timeout)
-    from loader.sandbox import grant_access, reclaim
+        result = supervise(argv, env=env, cwd=paths.output, logs=paths.logs, timeout=timeout)
+        return checked_output(result, take_back(paths.output, chown=False))
 
     grant_access(sandbox, paths)
     status_r, status_w = os.pipe()
@@ -109,11 +111,18 @@ def run_process(
             wrapped, env={"PATH": env["PATH"]}, cwd=None, logs=paths.logs, timeout=timeout, give=(status_w,)
         )
         said = status.read(4096).strip()
-    reclaim(sandbox, paths.output)
+    problem = take_back(paths.output, chown=not sandbox.identity.user_namespace)
     if said != "ready":
         why = said or f"unshare exited with {result.exit_code} before the sandbox was ready (logs/stderr.log)"
         return WorkloadResult(None, False, result.seconds, f"containment: {why}")
-    return result
+    return checked_output(result, problem)
+
+
+def checked_output(result: WorkloadResult, problem: str | None) -> WorkloadResult:
+    """`result`, with `problem` (from loader.sandbox.take_back) as its error when there is one."""
+    if problem is None:
+        return result
+    return WorkloadResult(result.exit_code, result.timed_out, result.seconds, result.error or problem)
 
 
 def supervise(

@@ -182,20 +182,46 @@ def grant_access(sandbox: Sandbox, paths: StagedPaths) -> None:
     os.chmod(paths.output, 0o700)
 
 
-def reclaim(sandbox: Sandbox, output: Path) -> None:
-    """Once every engine process is gone: the output tree back to the loader (owner rw), so it
-    is measured and moved without CAP_DAC_OVERRIDE."""
-    if sandbox.identity.user_namespace:
-        return
-    uid, gid = os.getuid(), os.getgid()
-    for dirpath, dirnames, filenames in os.walk(output):
-        os.lchown(dirpath, uid, gid)
-        os.chmod(dirpath, 0o700)
-        for name in dirnames + filenames:
-            target = os.path.join(dirpath, name)
-            os.lchown(target, uid, gid)
-            if not os.path.islink(target) and not os.path.isdir(target):
-                os.chmod(target, (os.lstat(target).st_mode & 0o777) | 0o600)
+MAX_OUTPUT_DEPTH = 128
+
+
+def take_back(output: Path, *, chown: bool) -> str | None:
+    """Once every engine process is gone: check the output tree (no recursion, so a hostile tree
+    cannot crash the loader before it signs) and, with `chown`, give it back to the loader (owner
+    rw) so it is measured and moved without CAP_DAC_OVERRIDE. Returns why the output was
+    discarded, or None."""
+    owner = (os.getuid(), os.getgid())
+    stack = [(output, 0)]
+    try:
+        while stack:
+            path, depth = stack.pop()
+            if depth > MAX_OUTPUT_DEPTH:
+                _discard(output)
+                return f"output: deeper than {MAX_OUTPUT_DEPTH} directories; discarded"
+            if chown:
+                os.lchown(path, *owner)
+                os.chmod(path, 0o700)
+            with os.scandir(path) as entries:
+                for entry in entries:
+                    if chown:
+                        os.lchown(entry.path, *owner)
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append((Path(entry.path), depth + 1))
+                    elif chown and not entry.is_symlink():
+                        mode = entry.stat(follow_symlinks=False).st_mode & 0o777
+                        os.chmod(entry.path, mode | 0o600)
+    except OSError as exc:
+        _discard(output)
+        return f"output: cannot take it back from the engine ({exc.strerror}); discarded"
+    return None
+
+
+def _discard(output: Path) -> None:
+    """Remove a hostile output tree with coreutils (no recursion limit), leaving an empty directory."""
+    import subprocess
+
+    subprocess.run(["rm", "-rf", "--one-file-system", "--", str(output)], check=False, timeout=600)
+    output.mkdir(mode=0o700, exist_ok=True)
 
 
 PR_SET_DUMPABLE = 4

@@ -424,3 +424,24 @@ def test_demo_runs_contained_for_an_unprivileged_user(tmp_path: Path) -> None:
     assert (record["isolation"], record["uid"], record["user_namespace"]) == ("namespaces", user, True)
     assert {"pid", "mount", "net", "user"} <= set(record["namespaces"])
     assert verify_report(raw, allow_mock=True).ok
+
+
+DEEP = """import os
+os.chdir(os.environ["TL_OUTPUT"])
+for _ in range(1500):
+    os.mkdir("d")
+    os.chdir("d")
+open("f", "w").write("x")
+"""
+
+
+def test_a_hostile_output_tree_cannot_crash_the_loader_before_it_signs(tmp_path: Path) -> None:
+    """1500 nested directories once made the loader's output walk raise RecursionError: no report."""
+    job = make_job(tmp_path / "job", engine_source=DEEP)
+    outcome = boot(load_config(job.config))
+    assert outcome.exit_code == 5
+    workload = parse_report(outcome.report).payload["workload"]
+    assert (
+        workload["error"] == "output: deeper than 128 directories; discarded" and workload["output"] is None
+    )
+    assert verify_report(outcome.report, allow_mock=True).ok
