@@ -213,6 +213,27 @@ timeout = 120
     return path
 
 
+def user_namespaces_unavailable() -> str | None:
+    """Why an unprivileged loader cannot contain the engine here (a user namespace), or None."""
+    import subprocess
+
+    from loader.sandbox import UNSHARE
+
+    try:
+        done = subprocess.run(
+            [UNSHARE, "--user", "--map-root-user", "--pid", "--fork", "--mount", "--net", "true"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    except OSError as exc:
+        return f"{UNSHARE} cannot run: {exc.strerror}"
+    if done.returncode != 0:
+        return f"this kernel refuses unprivileged user namespaces ({done.stderr.strip()[-200:]})"
+    return None
+
+
 def _containment() -> str:
     """[run] containment keys the demo needs here (docs/containment.md)."""
     import os
@@ -227,6 +248,9 @@ def _containment() -> str:
         lines.append(
             f"# The engine's interpreter is outside the system directories.\nexpose = [{json.dumps(prefix)}]"
         )
+    if os.getuid() != 0 and (why := user_namespaces_unavailable()) is not None:
+        print(f"trusted-loader demo: the engine will run UNCONTAINED: {why}", file=sys.stderr)
+        lines.append(f'# Falls back to no containment: {why}\nisolation = "none"')
     if os.getuid() == 0:
         try:
             pwd.getpwnam(ENGINE_USER)

@@ -142,7 +142,7 @@ def main() -> int:
         try:
             os.chdir(spec["cwd"])
             drop_privileges(spec)
-            os.execve(spec["argv"][0], spec["argv"], spec["env"])  # noqa: S606 -- argv, no shell
+            os.execvpe(spec["argv"][0], spec["argv"], spec["env"])  # noqa: S606 -- argv, no shell
         except (SetupError, OSError) as exc:
             os.write(2, f"sandbox: cannot start {spec['argv'][0]}: {exc}\n".encode())
         os._exit(127)
