@@ -423,7 +423,12 @@ def _sandbox(state: BootState, staging: Path) -> sandbox.Sandbox | bool | None:
         log.warning("[run] isolation = 'none': the engine runs with the loader's identity and view")
         return None
     try:
-        return sandbox.plan(cfg.run, tee_root=cfg.tee_root, gpu_mode=cfg.gpu_mode, workdir=staging)
+        private = (cfg.path, cfg.policy_path, cfg.spool_dir, cfg.output_dir, cfg.staging_dir)
+        private += (cfg.grants.dir,) if cfg.grants else ()
+        private += (cfg.tee_root,) if cfg.tee_root != Path("/") else ()
+        return sandbox.plan(
+            cfg.run, tee_root=cfg.tee_root, gpu_mode=cfg.gpu_mode, workdir=staging, private=private
+        )
     except sandbox.ContainmentError as exc:
         state.reasons.append(f"containment: {exc}")
         log.error("abort: containment: %s", exc)

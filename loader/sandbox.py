@@ -87,6 +87,7 @@ class Sandbox:
     devices: tuple[str, ...]
     root: Path
     exposed: tuple[str, ...] = ()
+    masked: tuple[str, ...] = ()
 
     @property
     def namespaces(self) -> list[str]:
@@ -120,7 +121,7 @@ class Sandbox:
             "binds": binds,
             "devices": [[d, "/dev/" + os.path.basename(d)] for d in self.devices],
             "links": [[os.readlink(d), d] for d in SYSTEM_DIRS if os.path.islink(d)],
-            "masks": list(MASKED),
+            "masks": [*MASKED, *self.masked],
             "tmp_size": TMP_SIZE,
             "hostname": "engine",
             "cwd": str(paths.output),
@@ -157,12 +158,27 @@ def check_settings(run: RunSettings) -> Identity | None:
     return identity
 
 
-def plan(run: RunSettings, *, tee_root: Path, gpu_mode: str, workdir: Path) -> Sandbox:
+def plan(
+    run: RunSettings, *, tee_root: Path, gpu_mode: str, workdir: Path, private: tuple[Path, ...] = ()
+) -> Sandbox:
+    """The engine's sandbox. `private`: the loader's own paths (configuration, state, TEE tree):
+    an `expose` entry that holds one is refused; the configuration file is masked where a
+    system directory (such as /etc) holds it."""
     identity = check_settings(run)
     assert identity is not None, "plan() is for isolation 'namespaces'"
+    for exposed in run.expose:
+        for path in private:
+            if path == exposed or exposed in path.parents:
+                raise ContainmentError(f"run.expose: {exposed} holds the loader's {path}; expose less")
+    masks = [  # not the staging directory: the engine's inputs and output are bound inside it
+        str(p)
+        for p in private
+        if any(p.is_relative_to(d) for d in SYSTEM_DIRS) and not workdir.is_relative_to(p)
+    ]
     root = workdir / "root"
     root.mkdir(mode=0o700, exist_ok=True)
-    return Sandbox(identity, run.network, gpu_devices(tee_root, gpu_mode), root, tuple(map(str, run.expose)))
+    devices = gpu_devices(tee_root, gpu_mode)
+    return Sandbox(identity, run.network, devices, root, tuple(map(str, run.expose)), tuple(masks))
 
 
 def grant_access(sandbox: Sandbox, paths: StagedPaths) -> None:

@@ -94,9 +94,12 @@ def build_root(spec: dict) -> None:  # type: ignore[type-arg]
         bind(root, src, dst, writable=writable)
     for target, path in spec["links"]:  # merged /usr: /bin -> usr/bin and so on
         os.symlink(target, root + path)
-    for path in spec["masks"]:
+    for path in spec["masks"]:  # the loader's own files inside a directory the engine sees
         if os.path.isdir(root + path):
             mount("tmpfs", root + path, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, "size=4k")
+        elif os.path.lexists(root + path):
+            mount("/dev/null", root + path, None, MS_BIND)
+            mount(None, root + path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NOEXEC)
     os.chdir(root)
     _check(_libc.syscall(SYS_PIVOT_ROOT[os.uname().machine], b".", b"."), "pivot_root")
     _check(_libc.umount2(b".", MNT_DETACH), "detaching the old root")

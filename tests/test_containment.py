@@ -7,6 +7,7 @@ still end with a signed report that verifies and whose output digest matches the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -445,3 +446,23 @@ def test_a_hostile_output_tree_cannot_crash_the_loader_before_it_signs(tmp_path:
         workload["error"] == "output: deeper than 128 directories; discarded" and workload["output"] is None
     )
     assert verify_report(outcome.report, allow_mock=True).ok
+
+
+def test_loader_files_in_a_visible_directory_are_masked_and_exposing_them_is_refused(tmp_path: Path) -> None:
+    from loader.sandbox import ContainmentError, plan
+
+    job = make_job(tmp_path / "job")
+    run = load_config(job.config).run
+    secret = Path("/etc/os-release").resolve()  # stands for a configuration kept under /etc
+    assert secret.read_text()
+    staging = tmp_path / "staging" / "job"
+    staging.mkdir(parents=True)
+    box = plan(
+        run, tee_root=Path("/"), gpu_mode="none", workdir=staging, private=(secret, tmp_path / "staging")
+    )
+    assert box.masked == (str(secret),)
+    lines = _probe(box, _staged(tmp_path / "s", 0), secret)
+    assert not any("NAME=" in line for line in lines) and "secret-denied" not in lines  # reads as empty
+    exposing = dataclasses.replace(run, expose=(job.workdir,))
+    with pytest.raises(ContainmentError, match=r"run\.expose: .* holds the loader's .*loader\.toml"):
+        plan(exposing, tee_root=Path("/"), gpu_mode="none", workdir=staging, private=(job.config,))
