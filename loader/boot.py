@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
-import os
 import secrets
 import shutil
 import time
@@ -29,7 +28,7 @@ from attestation.nvidia import gpu_attester as gpu_attester_for
 from attestation.rtmr import event_value
 from certs.errors import CertsError
 from certs.selfissue import self_issue
-from loader import boundary, enroll, multiparty, sandbox
+from loader import boundary, containment, enroll, multiparty, sandbox
 from loader.config import LoaderConfig
 from loader.decide import Measured, decide
 from loader.errors import InputError, PolicyError
@@ -403,8 +402,11 @@ def _run(state: BootState, staging: Path) -> None:
         if user is False or not _mark_start(state):
             return
         state.workload = run_staged_image(run, paths, name=f"tl-{state.run_id}", user=user or None)
-        ids = {"uid": user[0], "gid": user[1]} if user else {}
-        state.containment = {**oci_containment(run), **ids, "boundary": _boundary_text(state)}
+        record = containment.oci_record(run, user or None)
+        state.containment = {
+            **record,
+            "boundary": containment.boundary_text(state.cfg.tee, state.rtmr3_initial),
+        }
     else:
         box = _sandbox(state, staging)
         if box is False or not _mark_start(state):
@@ -457,42 +459,8 @@ def _mark_start(state: BootState) -> bool:
 
 
 def _containment_record(state: BootState, box: sandbox.Sandbox | None) -> dict[str, Any]:
-    if box is not None:
-        record = box.record()
-    else:
-        record = {
-            "isolation": "none",
-            "runner": "process",
-            "uid": os.getuid(),
-            "gid": os.getgid(),
-            "user_namespace": False,
-            "namespaces": [],
-            "network": "host",
-            "devices": [],
-        }
-    return {**record, "boundary": _boundary_text(state)}
-
-
-def _boundary_text(state: BootState) -> str:
-    if state.rtmr3_initial is None:
-        return boundary.NO_REGISTER if state.cfg.tee == "sev-snp" else "none"
-    return "rtmr3 workload-start"
-
-
-def oci_containment(run: Any) -> dict[str, Any]:
-    """What podman is asked for (loader.ocirun.run_argv): its namespaces, no capability, no_new_privs."""
-    settings = run.oci
-    net = settings.network if settings is not None else "none"
-    return {
-        "isolation": "oci",
-        "runner": "oci",
-        "uid": None,
-        "gid": None,
-        "user_namespace": False,
-        "namespaces": ["pid", "mount", "ipc", "uts"] + (["net"] if net == "none" else []),
-        "network": net,
-        "devices": [],
-    }
+    record = box.record() if box is not None else containment.uncontained_record()
+    return {**record, "boundary": containment.boundary_text(state.cfg.tee, state.rtmr3_initial)}
 
 
 def kind_of(state: BootState, role: str) -> str | None:
