@@ -49,6 +49,7 @@ attempt("real_configfs", lambda: os.listdir("/sys/kernel/config"))
 attempt("network", lambda: socket.create_connection(("127.0.0.1", targets["port"]), timeout=2).close())
 attempt("inputs_write", lambda: open(os.environ["TL_CONFIG"], "ab").close())
 attempts["uid"] = os.getuid()
+attempts["dev"] = sorted(os.listdir("/dev"))
 attempts["fds"] = sorted(int(fd) for fd in os.listdir("/proc/self/fd"))
 attempts["pids"] = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
 with open("/proc/self/status") as f:

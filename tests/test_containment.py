@@ -77,6 +77,18 @@ def test_every_attack_of_a_hostile_engine_fails_and_the_report_stands(tmp_path: 
     for name in ("loader_mem", "account_key", "configuration", "tsm_entry", "tee_device", "rtmr3", "network"):
         assert attempts[name].startswith("denied"), (name, attempts[name])
     assert attempts["uid"] == UID
+    assert attempts["dev"] == [
+        "fd",
+        "full",
+        "null",
+        "random",
+        "shm",
+        "stderr",
+        "stdin",
+        "stdout",
+        "urandom",
+        "zero",
+    ]
     assert attempts["fds"] == [0, 1, 2, 3]  # stdin (null), its two logs, and the listing itself
     assert attempts["pids"] == [1, 2] or len(attempts["pids"]) <= 3, attempts["pids"]  # init, engine
     status = attempts["status"]
@@ -318,6 +330,8 @@ def test_unprivileged_loader_contains_the_engine_in_a_user_namespace(tmp_path: P
     from loader.sandbox import Identity, Sandbox
 
     user = 64124
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is not installed")
     base = Path(tempfile.mkdtemp(dir="/tmp"))
     try:
         os.chown(base, user, user)
@@ -392,7 +406,7 @@ def test_demo_runs_contained_for_an_unprivileged_user(tmp_path: Path) -> None:
     from tests.ops_helpers import REPO
 
     python, user = _system_python(), 64124
-    if python is None:
+    if python is None or shutil.which("setpriv") is None:
         pytest.skip("no system python of this version for an unprivileged uid to run the loader with")
     env = {
         "PATH": "/usr/bin:/bin",
