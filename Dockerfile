@@ -27,6 +27,9 @@ RUN python -m pip uninstall --yes pip setuptools wheel \
  && groupadd --system --gid 10001 trusted-loader \
  && useradd --system --uid 10001 --gid 10001 --no-create-home \
       --home-dir /var/lib/trusted-loader --shell /usr/sbin/nologin trusted-loader \
+ && groupadd --system --gid 10002 trusted-loader-engine \
+ && useradd --system --uid 10002 --gid 10002 --no-create-home \
+      --home-dir /nonexistent --shell /usr/sbin/nologin trusted-loader-engine \
  && install -d -m 0700 -o 10001 -g 10001 /var/lib/trusted-loader \
  && install -d -m 0755 /etc/trusted-loader
 COPY --from=builder /opt/venv /opt/venv
@@ -34,8 +37,10 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 WORKDIR /var/lib/trusted-loader
-# Non-root by default (enough for the mock TEE and for hosts that grant the device group);
-# configfs-tsm report entries are root-only: see docs/operations.md for --user 0 --cap-drop ALL.
+# Non-root by default (enough for the mock TEE and for hosts that grant the device group): the
+# engine is then contained in a user namespace, which needs a seccomp profile that allows
+# unshare(CLONE_NEWUSER). As root (configfs-tsm entries are root-only) the engine runs as
+# trusted-loader-engine (10002): docs/operations.md ("Container") and docs/containment.md.
 USER 10001:10001
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["trusted-loader", "run"]

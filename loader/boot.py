@@ -28,7 +28,7 @@ from attestation.nvidia import gpu_attester as gpu_attester_for
 from attestation.rtmr import event_value
 from certs.errors import CertsError
 from certs.selfissue import self_issue
-from loader import enroll, multiparty
+from loader import boundary, containment, enroll, multiparty, sandbox
 from loader.config import LoaderConfig
 from loader.decide import Measured, decide
 from loader.errors import InputError, PolicyError
@@ -77,6 +77,8 @@ class BootState:
     output_error: str | None = None
     collateral: dict[str, Any] | None = None
     party: multiparty.PartyState = field(default_factory=multiparty.PartyState)
+    rtmr3_initial: bytes | None = None
+    containment: dict[str, Any] | None = None
 
     def stamp(self, name: str) -> None:
         self.times[name] = utc_text(dt.datetime.now(dt.UTC))
@@ -106,6 +108,7 @@ def boot(
     READY=1 goes to the service manager (`notifier`) as soon as the key exists.
     """
     run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(4)
+    sandbox.make_non_dumpable()  # before the key exists: no /proc/<pid>/mem, no core dump
     state = BootState(
         cfg=cfg,
         key=EphemeralKey(),
@@ -119,6 +122,7 @@ def boot(
     try:
         with _step(state, "attestation", "attesting"):
             _attest(state, attester, gpu_attester)
+            _read_initial(state)
         with _step(state, "certificate", "certifying the key"):
             _certify(state)
             multiparty.publish_certificate(state)
@@ -331,15 +335,39 @@ def _extend(state: BootState) -> None:
     entries += [input_event(m.spec.role, m.spec.name, m.digest.digest) for m in state.measurements]
     entries += [multiparty.encrypted_event(n, m.digest.digest) for n, m in state.party.ciphertexts.items()]
     for event in entries:
-        value = event_value(event)
-        if state.attester is not None:
-            try:
-                state.attester.extend(value, event)
-            except AttestationError as exc:
-                state.attestation_failed = True
-                state.reasons.append(f"attestation: extending the runtime register failed: {exc}")
-                return
-        state.events.append({"register": "rtmr3", "event": event, "value": value})
+        if not _extend_one(state, event):
+            return
+
+
+def _extend_one(state: BootState, event: str) -> bool:
+    value = event_value(event)
+    if state.attester is not None:
+        try:
+            state.attester.extend(value, event)
+        except AttestationError as exc:
+            state.attestation_failed = True
+            state.reasons.append(f"attestation: extending the runtime register failed: {exc}")
+            return False
+    state.events.append({"register": "rtmr3", "event": event, "value": value})
+    return True
+
+
+def _read_initial(state: BootState) -> bool:
+    """RTMR3 before the loader's first extension; it must be the boot value (one job per boot)."""
+    read = getattr(state.attester, "read_rtmr", None)
+    if read is None:
+        return True
+    try:
+        state.rtmr3_initial = read(3)
+    except AttestationError as exc:
+        state.attestation_failed = True
+        state.reasons.append(f"attestation: reading RTMR3 failed: {exc}")
+        return False
+    if (why := boundary.not_at_boot_value(state.rtmr3_initial)) is not None:
+        state.attestation_failed = True
+        state.reasons.append(f"attestation: {why}")
+        return False
+    return True
 
 
 def _collateral(state: BootState) -> None:
@@ -409,10 +437,69 @@ def _run(state: BootState, staging: Path) -> None:
             state.reasons.append(problem)
             log.error("abort: %s", problem)
             return
-        state.workload = run_staged_image(run, paths, name=f"tl-{state.run_id}")
+        user = _oci_user(state)
+        if user is False or not _mark_start(state):
+            return
+        state.workload = run_staged_image(run, paths, name=f"tl-{state.run_id}", user=user or None)
+        record = containment.oci_record(run, user or None)
+        state.containment = {
+            **record,
+            "boundary": containment.boundary_text(state.cfg.tee, state.rtmr3_initial),
+        }
     else:
-        state.workload = run_process(run.command, paths, timeout=run.timeout, extra_env=dict(run.env))
+        box = _sandbox(state, staging)
+        if box is False or not _mark_start(state):
+            return
+        state.workload = run_process(
+            run.command, paths, timeout=run.timeout, extra_env=dict(run.env), sandbox=box or None
+        )
+        state.containment = _containment_record(state, box or None)
     state.output = _collect_output(state, paths)
+
+
+def _sandbox(state: BootState, staging: Path) -> sandbox.Sandbox | bool | None:
+    """The engine's sandbox; None with isolation "none"; False (and a reason) when it cannot be set up."""
+    cfg = state.cfg
+    if cfg.run.isolation == "none":
+        log.warning("[run] isolation = 'none': the engine runs with the loader's identity and view")
+        return None
+    try:
+        private = (cfg.path, cfg.policy_path, cfg.spool_dir, cfg.output_dir, cfg.staging_dir)
+        private += (cfg.grants.dir,) if cfg.grants else ()
+        private += (cfg.tee_root,) if cfg.tee_root != Path("/") else ()
+        return sandbox.plan(
+            cfg.run, tee_root=cfg.tee_root, gpu_mode=cfg.gpu_mode, workdir=staging, private=private
+        )
+    except sandbox.ContainmentError as exc:
+        state.reasons.append(f"containment: {exc}")
+        log.error("abort: containment: %s", exc)
+        return False
+
+
+def _oci_user(state: BootState) -> tuple[int, int] | bool | None:
+    """The engine's uid/gid for podman --user as root; None rootless or with isolation "none"."""
+    if state.cfg.run.isolation == "none":
+        return None
+    try:
+        identity = sandbox.check_settings(state.cfg.run)
+    except sandbox.ContainmentError as exc:
+        state.reasons.append(f"containment: {exc}")
+        log.error("abort: containment: %s", exc)
+        return False
+    return None if identity is None or identity.user_namespace else (identity.uid, identity.gid)
+
+
+def _mark_start(state: BootState) -> bool:
+    """The boundary in the hardware record: RTMR3 `workload-start`, before the engine starts."""
+    if _extend_one(state, boundary.WORKLOAD_START):
+        return True
+    log.error("abort: %s", state.reasons[-1])
+    return False
+
+
+def _containment_record(state: BootState, box: sandbox.Sandbox | None) -> dict[str, Any]:
+    record = box.record() if box is not None else containment.uncontained_record()
+    return {**record, "boundary": containment.boundary_text(state.cfg.tee, state.rtmr3_initial)}
 
 
 def kind_of(state: BootState, role: str) -> str | None:
@@ -461,6 +548,8 @@ def _payload(state: BootState) -> dict[str, Any]:
         "inputs": multiparty.input_records(state, lambda m: _input_entry(m, policy)),
         "events": state.events,
         "collateral": state.collateral or _no_collateral(state),
+        "rtmr3": None if state.rtmr3_initial is None else {"initial": state.rtmr3_initial},
+        "containment": state.containment,
         "decision": {"verdict": verdict, "reasons": list(state.reasons)},
         "workload": None
         if wl is None

@@ -95,7 +95,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     config_path = demo.build(workdir, args.ca_url, parties=args.parties)
     outcome = demo.run(config_path, workdir, args.ca_url, parties=args.parties)
     ca = _demo_ca(args.ca_url, outcome.report)
-    check = verify_report(outcome.report, ca=ca, allow_mock=True)
+    from loader.config import load_config
+
+    uncontained = load_config(config_path).run.isolation == "none"  # said on stderr by demo.build
+    check = verify_report(outcome.report, ca=ca, allow_mock=True, allow_no_isolation=uncontained)
     sys.stdout.write(demo.summary(workdir, outcome, check, ca_url=args.ca_url))
     if not check.ok:
         return EXIT_REJECTED
@@ -207,13 +210,22 @@ def cmd_report_verify(args: argparse.Namespace) -> int:
 
         base = trust or Trust(allow_mock=args.allow_mock)
         trust = replace(base, options={**base.options, "accept_tcb": _accept_tcb(args.accept_tcb)})
-    result = verify_report(raw, ca=load_ca(args.ca), at=args.at, allow_mock=args.allow_mock, trust=trust)
+    result = verify_report(
+        raw,
+        ca=load_ca(args.ca),
+        at=args.at,
+        allow_mock=args.allow_mock,
+        trust=trust,
+        allow_no_isolation=args.allow_no_isolation,
+    )
     if args.json:
         json.dump(result.to_json(), sys.stdout, indent=2)  # "trust" first
         sys.stdout.write("\n")
     else:
         for name, passed, detail in result.checks:
             print(f"{'ok  ' if passed else 'FAIL'} {name}: {detail}")
+        if args.allow_no_isolation:
+            print(f"{args.report}: --allow-no-isolation given: an uncontained engine is accepted")
         print(verification_line(args.report, result))
     return EXIT_OK if result.ok else EXIT_REJECTED
 
@@ -241,6 +253,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         ca=load_ca(args.ca),
         at=args.at,
         allow_mock=args.allow_mock,
+        allow_no_isolation=args.allow_no_isolation,
     )
     if not check.ok:
         print(verification_line(args.report, check))
@@ -365,6 +378,11 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--at", type=_time, help="check certificates and collateral at this time (ISO 8601)")
     verify.add_argument("--allow-mock", action="store_true", help="accept mock evidence (reported as MOCK)")
     verify.add_argument(
+        "--allow-no-isolation",
+        action="store_true",
+        help="accept a report whose engine ran with [run] isolation = 'none'",
+    )
+    verify.add_argument(
         "--collateral", type=Path, help="directory of vendor collateral (Intel PCS files...): TCB evaluated"
     )
     verify.add_argument(
@@ -396,6 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--allow-mock", action="store_true", help="accept mock evidence (reported as MOCK)")
     rep.add_argument(
         "--partial", action="store_true", help="exit 0 although some of the report's inputs were not given"
+    )
+    rep.add_argument(
+        "--allow-no-isolation", action="store_true", help="accept an engine run with isolation 'none'"
     )
     rep.set_defaults(func=cmd_replay)
 

@@ -25,6 +25,9 @@ MAX_CONFIG_BYTES = 256 * 1024
 # unlike the configuration's own directory (/etc/trusted-loader), which is read-only there.
 STATE_DIR = Path("/var/lib/trusted-loader")
 DEFAULT_TIMEOUT = 3600
+ENGINE_USER = "trusted-loader-engine"
+ISOLATIONS = ("namespaces", "none")
+NETWORKS = ("none", "host")
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,15 @@ class RunSettings:
     env: tuple[tuple[str, str], ...]
     runtime: str = "process"
     oci: OciSettings | None = None
+    isolation: str = "namespaces"
+    """"namespaces" (the engine is contained, docs/containment.md) or "none" (explicitly not)."""
+    network: str = "none"
+    """"none" (a network namespace with nothing in it) or "host"."""
+    user: str = ENGINE_USER
+    uid: int | None = None
+    gid: int | None = None
+    expose: tuple[Path, ...] = ()
+    """Host paths the engine sees read-only besides the system directories (an interpreter)."""
 
 
 @dataclass(frozen=True)
@@ -187,7 +199,7 @@ def _parse(data: dict[str, Any], source: Path, ca_url: str | None) -> LoaderConf
     policy_path = policy.path("path", base)
     signing = _signing(policy, base)
     policy.finish()
-    run = _run(top.table("run", required=True))
+    run = _run(top.table("run", required=True), base)
     inputs = _inputs(top.table("inputs", required=True), base, run.oci.platform if run.oci else None)
     inputs, wipe = _staging(top.table("staging"), inputs)
     grants = _grants(top.table("grants"), base, inputs)
@@ -329,7 +341,7 @@ def _staging(section: _Section, inputs: tuple[InputSpec, ...]) -> tuple[tuple[In
     return specs, wipe
 
 
-def _run(section: _Section) -> RunSettings:
+def _run(section: _Section, base: Path) -> RunSettings:
     runtime = section.get("runtime", str, "process")
     if runtime not in ("process", "oci"):
         raise section.error("runtime", f"expected 'process' or 'oci', found {runtime!r}")
@@ -344,8 +356,42 @@ def _run(section: _Section) -> RunSettings:
         if not isinstance(value, str):
             raise section.error(f"env.{key}", f"expected a string, found {value!r}")
     oci = _oci(section.table("oci")) if runtime == "oci" or "oci" in section.data else None
+    isolation = _choice(section, "isolation", ISOLATIONS)
+    network = _choice(section, "network", NETWORKS)
+    user = section.get("user", str, ENGINE_USER)
+    uid, gid = _id(section, "uid"), _id(section, "gid")
+    if gid is not None and uid is None:
+        raise section.error("gid", "set together with [run] uid")
+    expose = _paths(section, "expose", base)
     section.finish()
-    return RunSettings(tuple(command), float(timeout), tuple(sorted(env.items())), runtime, oci)
+    return RunSettings(
+        tuple(command),
+        float(timeout),
+        tuple(sorted(env.items())),
+        runtime,
+        oci,
+        isolation=isolation,
+        network=network,
+        user=user,
+        uid=uid,
+        gid=gid,
+        expose=expose,
+    )
+
+
+def _choice(section: _Section, key: str, allowed: tuple[str, ...]) -> str:
+    value = section.get(key, str, allowed[0])
+    if value not in allowed:
+        raise section.error(key, f"expected one of {list(allowed)}, found {value!r}")
+    return value
+
+
+def _id(section: _Section, key: str) -> int | None:
+    """A numeric uid or gid for the engine: never 0 (root)."""
+    value = section.get(key, int, None)
+    if value is not None and not 0 < value < 2**32 - 1:
+        raise section.error(key, f"expected a non-root id between 1 and 4294967294, found {value}")
+    return value
 
 
 def _oci(section: _Section) -> OciSettings:

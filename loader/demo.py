@@ -47,9 +47,10 @@ def prepare_workdir(workdir: Path) -> None:
             raise InputError(
                 f"{workdir}: --workdir is not empty and holds no previous demo; pick an empty one"
             )
-        for name in ("inputs", "staging", "parties", "grants", "opened"):
+        for name in ("inputs", "staging", "parties", "grants", "opened", "tee"):
             shutil.rmtree(workdir / name, ignore_errors=True)
     workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "tee" / "dev" / "mock-tee").mkdir(parents=True)  # the mock TEE's RTMR3 lives here
     (workdir / MARKER).write_text("created by `trusted-loader demo`\n")
 
 
@@ -199,13 +200,66 @@ config = "inputs/config.json"
 [inputs.datasets]
 {datasets}
 
+[attestation]
+# The mock TEE device (its RTMR3) is tee/dev/mock-tee: hidden from the engine by its sandbox.
+root = "tee"
+
 [run]
 command = [{json.dumps(sys.executable)}, "{{engine}}"]
 timeout = 120
-{ca}"""
+{_containment()}{ca}"""
     path = workdir / "loader.toml"
     path.write_text(text)
     return path
+
+
+def user_namespaces_unavailable() -> str | None:
+    """Why an unprivileged loader cannot contain the engine here (a user namespace), or None."""
+    import subprocess
+
+    from loader.sandbox import UNSHARE
+
+    try:
+        done = subprocess.run(
+            [UNSHARE, "--user", "--map-root-user", "--pid", "--fork", "--mount", "--net", "true"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    except OSError as exc:
+        return f"{UNSHARE} cannot run: {exc.strerror}"
+    if done.returncode != 0:
+        return f"this kernel refuses unprivileged user namespaces ({done.stderr.strip()[-200:]})"
+    return None
+
+
+def _containment() -> str:
+    """[run] containment keys the demo needs here (docs/containment.md)."""
+    import os
+    import pwd
+
+    from loader.config import ENGINE_USER
+    from loader.sandbox import SYSTEM_DIRS
+
+    lines = []
+    prefix = os.path.realpath(sys.base_prefix)
+    if not any(prefix == d or prefix.startswith(d + "/") for d in SYSTEM_DIRS):
+        lines.append(
+            f"# The engine's interpreter is outside the system directories.\nexpose = [{json.dumps(prefix)}]"
+        )
+    if os.getuid() != 0 and (why := user_namespaces_unavailable()) is not None:
+        print(f"trusted-loader demo: the engine will run UNCONTAINED: {why}", file=sys.stderr)
+        lines.append(f'# Falls back to no containment: {why}\nisolation = "none"')
+    if os.getuid() == 0:
+        try:
+            pwd.getpwnam(ENGINE_USER)
+        except KeyError:
+            lines.append(
+                f"# No {ENGINE_USER!r} account here: the demo runs the engine as nobody (65534).\n"
+                "uid = 65534\ngid = 65534"
+            )
+    return "".join(line + "\n" for line in lines)
 
 
 def build(workdir: Path, ca_url: str | None = None, *, parties: bool = False) -> Path:

@@ -95,8 +95,9 @@ def run_argv(
     *,
     name: str,
     extra_env: Mapping[str, str],
+    user: str | None = None,
 ) -> list[str]:
-    """The `podman run` command line (see the module docstring)."""
+    """The `podman run` command line (see the module docstring); `user` "UID:GID" for --user."""
     if any("{engine}" in arg for arg in command):
         raise RunnerError("run.command: {engine} has no meaning with runtime 'oci'; the image is the engine")
     inside = container_paths(paths)
@@ -111,6 +112,8 @@ def run_argv(
         "--cap-drop=all",
         "--security-opt=no-new-privileges",
     ]
+    if user is not None:
+        argv.append(f"--user={user}")
     if paths.datasets:
         argv += _mount(paths.datasets_dir, inside.datasets_dir, readonly=True)
     if paths.config is not None and inside.config is not None:
@@ -173,14 +176,21 @@ def run_oci(
     name: str,
     timeout: float,
     extra_env: Mapping[str, str],
+    user: tuple[int, int] | None = None,
 ) -> WorkloadResult:
     paths.output.mkdir(mode=0o700, parents=True, exist_ok=True)
     paths.logs.mkdir(mode=0o700, parents=True, exist_ok=True)
-    argv = run_argv(settings, image_id, command, paths, name=name, extra_env=extra_env)
+    if user is not None:
+        os.chown(paths.output, *user)
+    spec = None if user is None else f"{user[0]}:{user[1]}"
+    argv = run_argv(settings, image_id, command, paths, name=name, extra_env=extra_env, user=spec)
     start = time.monotonic()
     if (problem := load_image(settings, layout, image_id)) is not None:
         return WorkloadResult(None, False, time.monotonic() - start, problem)
-    return supervise(
+    from loader.runner import checked_output
+    from loader.sandbox import take_back
+
+    result = supervise(
         argv,
         env=_runtime_env(),
         cwd=None,
@@ -189,6 +199,7 @@ def run_oci(
         on_stop=lambda: _remove(settings, name),
         start=start,
     )
+    return checked_output(result, take_back(paths.output, chown=user is not None))
 
 
 def _remove(settings: OciSettings, name: str) -> None:
@@ -212,8 +223,11 @@ def oci_mismatch(runtime: str, engine_kind: str | None) -> str | None:
     return None
 
 
-def run_staged_image(run: RunSettings, paths: StagedPaths, *, name: str) -> WorkloadResult:
-    """Run the engine staged as an OCI layout at paths.engine, per `[run]` and `[run.oci]`."""
+def run_staged_image(
+    run: RunSettings, paths: StagedPaths, *, name: str, user: tuple[int, int] | None = None
+) -> WorkloadResult:
+    """Run the engine staged as an OCI layout at paths.engine, per `[run]` and `[run.oci]`;
+    as `user` (uid, gid) when given (the engine's identity, loader.sandbox)."""
     settings = run.oci or OciSettings()
     try:
         image_id = staged_image_id(paths.engine, settings.platform)
@@ -226,6 +240,7 @@ def run_staged_image(run: RunSettings, paths: StagedPaths, *, name: str) -> Work
             name=name,
             timeout=run.timeout,
             extra_env=dict(run.env),
+            user=user,
         )
     except (RunnerError, InputError) as exc:
         return WorkloadResult(None, False, 0.0, str(exc))

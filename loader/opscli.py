@@ -19,6 +19,7 @@ from loader.files import load_ca, read_bounded
 DEFAULT_CONFIG = Path("/etc/trusted-loader/loader.toml")
 UNIT_NAME = "trusted-loader.service"
 RULES_NAME = "70-trusted-loader.rules"
+SYSUSERS_NAME = "trusted-loader.sysusers"
 # tee -> the systemd device unit of its guest device (systemd-escape --path)
 DEVICE_UNITS = {"tdx": "dev-tdx_guest.device", "sev-snp": "dev-sev\\x2dguest.device"}
 
@@ -28,10 +29,12 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     (loader.preflight): what run would refuse, check refuses, naming the file and the key."""
     from loader.config import load_config
     from loader.preflight import preflight
+    from loader.sandbox import check_settings
     from loader.secretfiles import active
 
     cfg = load_config(args.file)
     warnings = preflight(cfg)
+    check_settings(cfg.run)  # as `run` does before it starts the engine (there: a signed abort)
     overrides = active()
     if args.json:
         doc = {
@@ -158,7 +161,12 @@ def cmd_install_unit(args: argparse.Namespace) -> int:
     _write(prefix / "etc/systemd/system" / UNIT_NAME, unit, args.force)
     rules = resources.files("loader.systemd").joinpath(RULES_NAME).read_text(encoding="utf-8")
     _write(prefix / "etc/udev/rules.d" / RULES_NAME, rules, args.force)
-    print("next: systemctl daemon-reload && systemctl enable trusted-loader.service", file=sys.stderr)
+    users = resources.files("loader.systemd").joinpath(SYSUSERS_NAME).read_text(encoding="utf-8")
+    _write(prefix / "etc/sysusers.d" / "trusted-loader.conf", users, args.force)
+    print(
+        "next: systemd-sysusers && systemctl daemon-reload && systemctl enable trusted-loader.service",
+        file=sys.stderr,
+    )
     return EXIT_OK
 
 

@@ -66,13 +66,14 @@ def replay(
     ca: Sequence[x509.Certificate] = (),
     at: dt.datetime | None = None,
     allow_mock: bool = False,
+    allow_no_isolation: bool = False,
 ) -> tuple[Verification, list[ReplayItem]]:
     """Verify the report in full (as `report verify` does), then hash each input given.
 
     A signature alone proves nothing: anyone can sign a report with a key of their own. Only
     a report whose evidence binds its key vouches for the digests it records.
     """
-    check = verify_report(raw, ca=ca, at=at, allow_mock=allow_mock)
+    check = verify_report(raw, ca=ca, at=at, allow_mock=allow_mock, allow_no_isolation=allow_no_isolation)
     if not check.ok or check.report is None:
         return check, []
     report = check.report

@@ -18,6 +18,13 @@ Payload fields (all keys text, no floats, times as RFC 3339 UTC strings):
              plaintext's, or "" when the job aborted before it was decrypted
   events     [{register, event, value: bstr(48)}]  runtime-register extensions, in order
   collateral {needed, sets, errors}              the platform's collateral (loader/collateral.py)
+  events     [{register, event, value: bstr(48)}]  runtime-register extensions, in order; the last
+             is "workload-start" when the engine ran (loader.boundary)
+  rtmr3      null | {initial: bstr(48)}          RTMR3 read before the loader's first extension
+             (TDX, mock); null where the TEE has no runtime register (SEV-SNP)
+  containment null | {isolation: "namespaces"|"none"|"oci", runner, uid, gid, user_namespace,
+             namespaces: [text], network, devices: [text], boundary}  how the engine was
+             contained (docs/containment.md); null when no engine started
   decision   {verdict: "run"|"abort", reasons: [text]}
   workload   null | {exit_code, timed_out, ms, error, output}
   hashing    {bytes, ms, rate}                   rate in bytes per second
@@ -87,6 +94,21 @@ _SCHEMA: dict[str, Any] = {
     "inputs": _LIST,
     "events": _LIST,
     "collateral": _MAP,
+    "rtmr3": (type(None), {"initial": _BYTES}),
+    "containment": (
+        type(None),
+        {
+            "isolation": _TEXT,
+            "runner": _TEXT,
+            "uid": (type(None), _INT),
+            "gid": (type(None), _INT),
+            "user_namespace": _BOOL,
+            "namespaces": _LIST,
+            "network": _TEXT,
+            "devices": _LIST,
+            "boundary": _TEXT,
+        },
+    ),
     "decision": {"verdict": _TEXT, "reasons": _LIST},
     "workload": (
         type(None),
@@ -191,6 +213,7 @@ def check_payload(payload: object) -> dict[str, Any]:
         _check_map(item, _SIGNER, f"policy.signers[{i}]")
     for i, item in enumerate(payload["events"]):
         _check_map(item, _EVENT, f"events[{i}]")
+    _check_containment(payload["containment"])
     if payload["decision"]["verdict"] not in ("run", "abort"):
         raise ReportError("report payload: decision.verdict: expected 'run' or 'abort'")
     if not all(isinstance(r, str) for r in payload["decision"]["reasons"]):
@@ -210,6 +233,16 @@ def _check_enums(payload: dict[str, Any]) -> None:
     wipe = payload["wipe"]
     if wipe is not None and wipe.get("method", "overwrite") not in WIPE_METHODS:
         raise ReportError(f"report payload: wipe.method: expected one of {WIPE_METHODS}")
+
+
+def _check_containment(record: dict[str, Any] | None) -> None:
+    if record is None:
+        return
+    for key in ("namespaces", "devices"):
+        if not all(isinstance(v, str) for v in record[key]):
+            raise ReportError(f"report payload: containment.{key}: expected text")
+    if record["isolation"] not in ("namespaces", "none", "oci"):
+        raise ReportError(f"report payload: containment.isolation: unknown {record['isolation']!r}")
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,12 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from loader.errors import RunnerError
+
+if TYPE_CHECKING:
+    from loader.sandbox import Sandbox
 
 KILL_GRACE = 5.0
 _PLACEHOLDER = re.compile(r"\{([a-z]+)(?::([A-Za-z0-9._-]+))?\}")
@@ -81,14 +85,44 @@ def environment(paths: StagedPaths, extra: Mapping[str, str]) -> dict[str, str]:
 
 
 def run_process(
-    command: tuple[str, ...], paths: StagedPaths, *, timeout: float, extra_env: Mapping[str, str]
+    command: tuple[str, ...],
+    paths: StagedPaths,
+    *,
+    timeout: float,
+    extra_env: Mapping[str, str],
+    sandbox: Sandbox | None = None,
 ) -> WorkloadResult:
+    """Run the engine; contained in `sandbox` unless it is None (`[run] isolation = "none"`)."""
     argv = [expand(a, paths) for a in command]
     paths.output.mkdir(mode=0o700, parents=True, exist_ok=True)
     paths.logs.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return supervise(
-        argv, env=environment(paths, extra_env), cwd=paths.output, logs=paths.logs, timeout=timeout
-    )
+    env = environment(paths, extra_env)
+    from loader.sandbox import grant_access, take_back
+
+    if sandbox is None:
+        result = supervise(argv, env=env, cwd=paths.output, logs=paths.logs, timeout=timeout)
+        return checked_output(result, take_back(paths.output, chown=False))
+
+    grant_access(sandbox, paths)
+    status_r, status_w = os.pipe()
+    with os.fdopen(status_r, "r", errors="replace") as status:
+        wrapped = sandbox.wrap(argv, env, paths, status_w)
+        result = supervise(
+            wrapped, env={"PATH": env["PATH"]}, cwd=None, logs=paths.logs, timeout=timeout, give=(status_w,)
+        )
+        said = status.read(4096).strip()
+    problem = take_back(paths.output, chown=not sandbox.identity.user_namespace)
+    if said != "ready":
+        why = said or f"unshare exited with {result.exit_code} before the sandbox was ready (logs/stderr.log)"
+        return WorkloadResult(None, False, result.seconds, f"containment: {why}")
+    return checked_output(result, problem)
+
+
+def checked_output(result: WorkloadResult, problem: str | None) -> WorkloadResult:
+    """`result`, with `problem` (from loader.sandbox.take_back) as its error when there is one."""
+    if problem is None:
+        return result
+    return WorkloadResult(result.exit_code, result.timed_out, result.seconds, result.error or problem)
 
 
 def supervise(
@@ -100,9 +134,11 @@ def supervise(
     timeout: float,
     on_stop: Callable[[], None] = lambda: None,
     start: float | None = None,
+    give: tuple[int, ...] = (),
 ) -> WorkloadResult:
     """Run `argv` in its own session with output to logs/, stopping its process group (after
-    `on_stop`) at the timeout or when the loader itself is interrupted."""
+    `on_stop`) at the timeout or when the loader itself is interrupted. The descriptors in
+    `give` are inherited by the child and closed here once it started (or failed to)."""
     start = time.monotonic() if start is None else start
     with open(logs / "stdout.log", "wb") as out, open(logs / "stderr.log", "wb") as err:
         try:
@@ -115,9 +151,13 @@ def supervise(
                 stderr=err,
                 start_new_session=True,
                 close_fds=True,
+                pass_fds=give,
             )
         except OSError as exc:
             return WorkloadResult(None, False, 0.0, f"cannot start {argv[0]}: {exc.strerror}")
+        finally:
+            for fd in give:
+                os.close(fd)
         try:
             code = proc.wait(timeout=timeout)
             return WorkloadResult(code, False, time.monotonic() - start, None)

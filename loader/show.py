@@ -229,7 +229,25 @@ def _workload(report: Report) -> Section:
         sealed = out.get("sealed")
         to = f", sealed to {sealed.get('recipient')}" if isinstance(sealed, dict) else ""
         rows.append(Row("output", f"{out.get('digest')} ({out.get('files')} files, {out.get('size')} B{to})"))
+    rows += _containment_rows(report.payload.get("containment"))
     return Section("Workload", tuple(rows))
+
+
+def _containment_rows(record: Any) -> list[Row]:
+    """How the engine was contained (docs/containment.md); checked by parse_report's schema."""
+    if not isinstance(record, dict):
+        return []
+    if record["isolation"] == "none":
+        return [Row("containment", "NONE: the engine ran as the loader, uncontained", "bad")]
+    who = f"uid {record['uid']}" + (" in a user namespace" if record["user_namespace"] else "")
+    spaces = ", ".join(record["namespaces"])
+    devices = ", ".join(record["devices"]) or "none"
+    rows = [
+        Row("containment", f"{record['isolation']} ({record['runner']}): {who}; namespaces {spaces}", "ok")
+    ]
+    rows.append(Row("network", f"{record['network']}; devices {devices}"))
+    tone = "warn" if record["boundary"].startswith("SEV-SNP") else ""
+    return [*rows, Row("boundary", record["boundary"], tone)]
 
 
 def _seconds(start: str, end: str) -> str:

@@ -24,7 +24,8 @@ from attestation.rtmr import event_value
 from certs.chain import verify_chain
 from certs.errors import CertsError
 from certs.extensions import decode_evidence_extension
-from loader import cose
+from loader import boundary, cose
+from loader.boundary import WORKLOAD_START
 from loader.collateral import DEFAULT_ACCEPT, report_checks
 from loader.decide import Measured, decide
 from loader.errors import PolicyError, ReportError
@@ -54,6 +55,7 @@ class Verification:
     appraisal: str | None = None
     """Reference-value appraisal of the platform (issue 14): None when no reference values were
     given, so the evidence is authentic but the platform was not compared with anything."""
+    allow_no_isolation: bool = False
 
     def add(self, name: str, passed: bool, detail: str) -> bool:
         self.checks.append((name, passed, detail))
@@ -91,6 +93,7 @@ class Verification:
             "evidence": [r.to_json() for r in self.evidence],
             "tcb": self.tcb,
             "reason": None if self.ok else self.reason(),
+            "allow_no_isolation": self.allow_no_isolation,
         }
 
 
@@ -101,8 +104,9 @@ def verify_report(
     at: dt.datetime | None = None,
     allow_mock: bool = False,
     trust: Trust | None = None,
+    allow_no_isolation: bool = False,
 ) -> Verification:
-    result = Verification()
+    result = Verification(allow_no_isolation=allow_no_isolation)
     try:
         report = parse_report(raw)
     except ReportError as exc:
@@ -131,8 +135,49 @@ def verify_report(
     signature_reasons = _signatures(result, report)
     _decision(result, report, signature_reasons)
     _events(result, report)
+    _boundary(result, report)
+    _containment(result, report)
     _timestamps(result, report)
     return result
+
+
+def _boundary(result: Verification, report: Report) -> None:
+    """The key's evidence predates every workload start (loader.boundary)."""
+    if not result.evidence or result.evidence[0].type in GPU_TYPES:
+        result.add("rtmr3", False, "no verified CPU evidence to read RTMR3 from")
+        return
+    raw = result.evidence[0].claims.get("rtmr3")
+    try:
+        value = None if raw is None else bytes.fromhex(str(raw))
+    except ValueError:
+        value = b""
+    passed, detail = boundary.appraise(value, report.payload["rtmr3"], report.payload["events"])
+    result.add("rtmr3", passed, detail)
+
+
+def _containment(result: Verification, report: Report) -> None:
+    record = report.payload["containment"]
+    ran = report.payload["workload"] is not None
+    if record is None:
+        result.add(
+            "containment",
+            not ran,
+            "no engine ran" if not ran else "the engine ran with no containment record",
+        )
+    elif record["isolation"] != "none":
+        who = "its own uid" if not record["user_namespace"] else "a user namespace"
+        spaces = ", ".join(record["namespaces"])
+        how = f"{who}, namespaces {spaces}, network {record['network']}"
+        result.add("containment", True, f"{record['isolation']} ({record['runner']}): {how}")
+    elif result.allow_no_isolation:
+        result.add("containment", True, "isolation 'none' accepted (--allow-no-isolation)")
+    else:
+        result.add(
+            "containment",
+            False,
+            "isolation 'none': the engine ran uncontained and could have spoken for the loader; "
+            "pass --allow-no-isolation to accept it",
+        )
 
 
 def check_signer(result: Verification, report: Report) -> bool:
@@ -382,6 +427,8 @@ def _events(result: Verification, report: Report) -> None:
     expected += [
         input_event(i["role"], i["name"], i["digest"]) for i in inputs if i["encrypted"] and i["digest"]
     ]
+    if payload["workload"] is not None:
+        expected.append(WORKLOAD_START)
     events = payload["events"]
     names = [e["event"] for e in events]
     values_ok = all(e["value"] == event_value(e["event"]) for e in events)

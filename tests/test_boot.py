@@ -244,7 +244,7 @@ def test_unknown_config_key_named(demo_dir: Path) -> None:
 def test_mock_never_chosen_unless_configured(demo_dir: Path) -> None:
     cfg = demo_dir / "loader.toml"
     cfg.write_text(
-        cfg.read_text().replace('tee = "mock"', 'tee = "tdx"') + '\n[attestation]\nroot = "fake-root"\n'
+        cfg.read_text().replace('tee = "mock"', 'tee = "tdx"').replace('root = "tee"', 'root = "fake-root"')
     )
     out = demo_dir / "r.cbor"
     res = cli("run", "--config", cfg, "--report-out", out)

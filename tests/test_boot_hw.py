@@ -54,7 +54,9 @@ def test_tdx_boot_flow_extends_rtmr3_and_reports_replayable_events(demo_dir: Pat
     payload = parse_report(outcome.report).payload
     assert [e["type"] for e in payload["evidence"]] == ["tdx"]
     values = [e["value"] for e in payload["events"]]
-    assert len(values) == 5 and kernel.rtmrs[3] == rtmr.replay(values)
+    assert len(values) == 6 and kernel.rtmrs[3] == rtmr.replay(values)
+    assert payload["events"][-1]["event"] == "workload-start"
+    assert payload["rtmr3"] == {"initial": bytes(48)}
     assert kernel.inblobs and len(kernel.inblobs[0]) == 64
     failed = _failed_checks(outcome.report)
     assert len(failed) == 2 and failed[0].startswith("evidence[0]: tdx: report_data"), failed
@@ -82,6 +84,11 @@ def test_snp_boot_flow_against_fake_device(demo_dir: Path, tmp_path: Path, inter
     payload = parse_report(outcome.report).payload
     assert [e["type"] for e in payload["evidence"]] == ["sev-snp"]
     assert payload["evidence"][0]["data"] == report
+    assert payload["rtmr3"] is None  # no runtime register: containment is the only defence
+    assert (
+        payload["containment"]["boundary"]
+        == "SEV-SNP has no runtime register: containment is the only defence"
+    )
     failed = _failed_checks(outcome.report)
     assert len(failed) == 2 and failed[0].startswith("evidence[0]: sev-snp: report_data"), failed
 

@@ -28,7 +28,7 @@ def use_oci_engine(workdir: Path, runtime: Path | None, *, approve: bool = True)
     cfg = (workdir / "loader.toml").read_text()
     cfg = cfg.replace('engine = "inputs/engine"', 'engine = "inputs/image"')
     run = cfg.index("[run]")
-    cfg = cfg[:run] + '[run]\nruntime = "oci"\ncommand = ["--out", "{output}"]\ntimeout = 30\n'
+    cfg = cfg[:run] + '[run]\nruntime = "oci"\ncommand = ["--out", "{output}"]\ntimeout = 30\nuid = 64123\n'
     if runtime is not None:
         cfg += f'\n[run.oci]\nruntime_path = "{runtime}"\nplatform = "linux/amd64"\n'
     (workdir / "loader.toml").write_text(cfg)
@@ -48,6 +48,9 @@ def test_oci_engine_is_measured_run_and_replayable(demo_dir: Path, tmp_path: Pat
     assert payload["hashing"]["bytes"] > 0 and payload["hashing"]["rate"] > 0
     pull, run = calls(log)
     assert pull[0] == "pull" and run[0] == "run" and "--network=none" in run
+    assert "--user=64123:64123" in run  # the engine's own identity, never root
+    record = payload["containment"]
+    assert (record["isolation"], record["uid"], record["network"]) == ("oci", 64123, "none")
     assert run[-2:] == ["--out", "/output"]
     replay = cli(
         "replay",

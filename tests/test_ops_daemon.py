@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -113,15 +113,29 @@ def test_text_logs_on_request(tmp_path: Path) -> None:
 
 SLEEPY_ENGINE = """#!/usr/bin/env python3
 import os, pathlib, time
-pathlib.Path(os.environ["PIDFILE"]).write_text(str(os.getpid()))
+pathlib.Path(os.environ["TL_OUTPUT"], "started").write_text(str(os.getpid()))
 time.sleep(60)
 """
 
 
+def _marked(token: str) -> list[int]:
+    """Host PIDs of the processes whose environment holds MARKER=token (the contained engine's
+    own PID is namespace-local, so it is found this way)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            environ = (entry / "environ").read_bytes() if entry.name.isdigit() else b""
+        except OSError:
+            continue
+        if f"MARKER={token}".encode() in environ.split(b"\0"):
+            pids.append(int(entry.name))
+    return pids
+
+
 def test_sigterm_stops_the_workload_and_wipes_staging(tmp_path: Path) -> None:
     job = make_job(tmp_path / "job", engine_source=SLEEPY_ENGINE)
-    pidfile = tmp_path / "engine.pid"
-    text = job.config.read_text().replace("timeout = 120", f'timeout = 120\nenv = {{PIDFILE = "{pidfile}"}}')
+    token = secrets.token_hex(8)
+    text = job.config.read_text().replace("timeout = 120", f'timeout = 120\nenv = {{MARKER = "{token}"}}')
     job.config.write_text(text)
     proc = subprocess.Popen(
         [sys.executable, "-m", "loader", "run", "--config", str(job.config)],
@@ -131,9 +145,9 @@ def test_sigterm_stops_the_workload_and_wipes_staging(tmp_path: Path) -> None:
         stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + 30
-    while not pidfile.exists() and time.monotonic() < deadline:
+    while not list((job.workdir / "staging").glob("*/output/started")) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert pidfile.exists(), "the engine never started"
+    assert _marked(token), "the engine never started"
     time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=30)
@@ -141,6 +155,5 @@ def test_sigterm_stops_the_workload_and_wipes_staging(tmp_path: Path) -> None:
     (record,) = [json.loads(line) for line in err.decode().splitlines() if "SIGTERM" in line]
     assert record["msg"].startswith("stopped by signal SIGTERM; workload stopped, staged inputs wiped")
     assert record["exit_code"] == 143
-    with pytest.raises(ProcessLookupError):
-        os.kill(int(pidfile.read_text()), 0)
+    assert _marked(token) == []
     assert not any((job.workdir / "staging").iterdir())

@@ -103,7 +103,20 @@ def test_install_unit_writes_a_hardened_notify_unit(tmp_path: Path) -> None:
     assert d["Type"] == ["notify"] and d["Restart"] == ["no"] and d["NotifyAccess"] == ["main"]
     assert d["ExecStart"][0].endswith(f" run --config {job.config}")
     assert "dev-sev\\x2dguest.device" in d["Wants"] and "dev-sev\\x2dguest.device" in d["After"]
-    assert d["CapabilityBoundingSet"] == [""] and d["NoNewPrivileges"] == ["yes"]
+    caps = set(d["CapabilityBoundingSet"][0].split())
+    assert caps == {
+        "CAP_SYS_ADMIN",
+        "CAP_SETUID",
+        "CAP_SETGID",
+        "CAP_SETPCAP",
+        "CAP_CHOWN",
+        "CAP_DAC_READ_SEARCH",
+        "CAP_KILL",
+    }  # what the engine's sandbox takes; never DAC_OVERRIDE, NET_ADMIN, SYS_PTRACE
+    assert d["NoNewPrivileges"] == ["yes"] and d["RestrictNamespaces"] == ["mnt pid ipc uts net"]
+    assert (tmp_path / "root/etc/sysusers.d/trusted-loader.conf").read_text().count(
+        "trusted-loader-engine"
+    ) == 1
     assert d["ProtectSystem"] == ["strict"] and d["ProtectKernelTunables"] == ["yes"]
     assert "-/sys/kernel/config/tsm/report" in d["ReadWritePaths"]
     assert d["PrivateDevices"] == ["no"] and d["DevicePolicy"] == ["closed"]
