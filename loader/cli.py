@@ -94,7 +94,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     config_path = demo.build(workdir, args.ca_url, parties=args.parties)
     outcome = demo.run(config_path, workdir, args.ca_url, parties=args.parties)
     ca = _demo_ca(args.ca_url, outcome.report)
-    check = verify_report(outcome.report, ca=ca, allow_mock=True)
+    check = verify_report(outcome.report, ca=ca, allow_mock=True, appraisal=demo.appraisal(workdir))
     sys.stdout.write(demo.summary(workdir, outcome, check, ca_url=args.ca_url))
     if not check.ok:
         return EXIT_REJECTED
@@ -159,11 +159,15 @@ def _collateral_trust(directory: Path, allow_mock: bool) -> Any:
 
 
 def cmd_report_verify(args: argparse.Namespace) -> int:
+    from loader.appraisal_cli import appraisal_from
     from loader.verify import verify_report
 
     raw = read_bounded(args.report, "report")
     trust = _collateral_trust(args.collateral, args.allow_mock) if args.collateral else None
-    result = verify_report(raw, ca=load_ca(args.ca), at=args.at, allow_mock=args.allow_mock, trust=trust)
+    appraisal = appraisal_from(args, args.at)
+    result = verify_report(
+        raw, ca=load_ca(args.ca), at=args.at, allow_mock=args.allow_mock, trust=trust, appraisal=appraisal
+    )
     if args.json:
         json.dump(result.to_json(), sys.stdout, indent=2, sort_keys=True)
         sys.stdout.write("\n")
@@ -171,13 +175,18 @@ def cmd_report_verify(args: argparse.Namespace) -> int:
         for name, passed, detail in result.checks:
             print(f"{'ok  ' if passed else 'FAIL'} {name}: {detail}", file=sys.stderr)
     if result.ok:
-        print(f"{args.report}: verified", file=sys.stderr)
+        print(f"{args.report}: verified{_any_image_note(result)}", file=sys.stderr)
         return EXIT_OK
     print(f"{args.report}: rejected: {result.reason()}", file=sys.stderr)
     return EXIT_REJECTED
 
 
+def _any_image_note(result: Any) -> str:
+    return " (ANY IMAGE ACCEPTED: --any-image)" if result.appraisal.any_image else ""
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
+    from loader.appraisal_cli import appraisal_from
     from loader.replay import replay
 
     check, items = replay(
@@ -186,6 +195,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         ca=load_ca(args.ca),
         at=args.at,
         allow_mock=args.allow_mock,
+        appraisal=appraisal_from(args, args.at),
     )
     if not check.ok:
         print(f"{args.report}: rejected: {check.reason()}", file=sys.stderr)
@@ -197,7 +207,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if bad:
         print(f"replay failed: {', '.join(i.label for i in bad)} differ(s) from the report", file=sys.stderr)
         return EXIT_REJECTED
-    print(f"replay ok: {len(items)} input(s) match the report", file=sys.stderr)
+    print(f"replay ok: {len(items)} input(s) match the report{_any_image_note(check)}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -216,7 +226,7 @@ def _time(text: str) -> dt.datetime:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from loader import chain_cli
+    from loader import appraisal_cli, chain_cli
 
     parser = argparse.ArgumentParser(prog="trusted-loader", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -268,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--collateral", type=Path, help="directory of vendor collateral (Intel PCS files...): TCB evaluated"
     )
     verify.add_argument("--json", action="store_true")
+    appraisal_cli.add_options(verify)
     verify.set_defaults(func=cmd_report_verify)
 
     chain_cli.add_commands(sub, report)
@@ -278,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--ca", type=Path)
     rep.add_argument("--at", type=_time)
     rep.add_argument("--allow-mock", action="store_true")
+    appraisal_cli.add_options(rep)
     rep.set_defaults(func=cmd_replay)
 
     from certs.cli import add_parser as add_ca_parser

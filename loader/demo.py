@@ -208,6 +208,26 @@ timeout = 120
     return path
 
 
+REFERENCE = "reference.json"
+
+
+def write_reference(workdir: Path) -> Path:
+    """The reference values of the demo's mock platform, beside its report."""
+    from attestation.mock.attester import reference_entry
+    from attestation.reference import reference_document
+
+    path = workdir / REFERENCE
+    path.write_bytes(reference_document([reference_entry("demo-mock")]))
+    return path
+
+
+def appraisal(workdir: Path) -> Any:
+    """The appraisal the demo's suggested commands use: its mock platform's reference values."""
+    from attestation.reference import Appraisal, load_reference
+
+    return Appraisal(load_reference(workdir / REFERENCE))
+
+
 def build(workdir: Path, ca_url: str | None = None, *, parties: bool = False) -> Path:
     """Write the demo's inputs, approved list and config; return the config path.
 
@@ -215,6 +235,7 @@ def build(workdir: Path, ca_url: str | None = None, *, parties: bool = False) ->
     parties=True: the three-party scenario (module docstring).
     """
     prepare_workdir(workdir)
+    write_reference(workdir)
     paths = write_inputs(workdir)
     if not parties:
         write_policy(workdir, paths)
@@ -224,10 +245,11 @@ def build(workdir: Path, ca_url: str | None = None, *, parties: bool = False) ->
     return write_config(workdir, ca_url, parties=True)
 
 
-def owners_grant(workdir: Path, *, timeout: float = 60.0, engine: str | None = None) -> list[Path]:
-    """The data owners' side: wait for the CVM's certificate, verify it, write one grant each.
+def owners_grant(workdir: Path, *, timeout: float = 60.0, policy: str | None = None) -> list[Path]:
+    """The data owners' side: wait for the CVM's certificate, verify and appraise it against the
+    demo's reference values, write one grant each for the approved list's digest.
 
-    `engine` overrides the engine digest the owners consent to (tests use it for a mismatch).
+    `policy` overrides the approved-list digest the owners consent to (tests: a mismatch).
     """
     import datetime as dt
     import time
@@ -243,20 +265,19 @@ def owners_grant(workdir: Path, *, timeout: float = 60.0, engine: str | None = N
         if time.monotonic() > deadline:
             raise InputError(f"{cert}: the loader did not publish its certificate within {timeout:g} s")
         time.sleep(0.05)
-    policy = load_policy(workdir / "approved.json")
-    approved = policy.find("engine", "engine")
-    assert approved is not None
+    approved = load_policy(workdir / "approved.json")
     identity = verify_cvm_certificate(
         load_chain(cert.read_bytes(), str(cert)),
         what=str(cert),
         at=dt.datetime.now(dt.UTC),
         allow_mock=True,
-        allowed_tee=policy.tee,
+        allowed_tee=approved.tee,
+        appraisal=appraisal(workdir),
     )
     written = []
     for name in DATASETS:
         key = load_key_file(workdir / "parties" / name / "dataset.key")
-        grant = create_grant(key, identity.public_key, engine=engine or approved.digest, order=policy.order)
+        grant = create_grant(key, identity.public_key, policy=policy or approved.digest)
         path = workdir / "grants" / f"{name}.grant"
         path.parent.mkdir(exist_ok=True)
         atomic_write(path, grant)
@@ -324,9 +345,10 @@ def summary(workdir: Path, outcome: Any, check: Any, ca_url: str | None = None) 
                 for col, s in pooled.items()
             ]
     digest = check.report.digest if check.report else "?"
-    verdict = "OK (mock TEE explicitly allowed)" if check.ok else "FAILED: " + check.reason()
+    verdict = "OK (mock TEE explicitly allowed, platform pinned)" if check.ok else "FAILED: " + check.reason()
     report = workdir / "report.cbor"
     lab = workdir / ("parties/lab/data" if parties else "inputs/datasets/lab")
+    ref = workdir / REFERENCE
     lines += [f"  report    {report} ({digest})", f"  verify    {verdict}"]
     if ca_url:
         issued = _ca_issued(check)
@@ -337,13 +359,15 @@ def summary(workdir: Path, outcome: Any, check: Any, ca_url: str | None = None) 
         )
     lines += [
         f"  try       trusted-loader report show {report}",
-        f"            trusted-loader replay {report} --allow-mock --input dataset:lab={lab}",
+        f"            trusted-loader report verify {report} --allow-mock --reference {ref}",
+        f"            trusted-loader replay {report} --allow-mock --reference {ref} \\",
+        f"                --input dataset:lab={lab}",
     ]
     if parties:
         owner_key = workdir / "parties" / "order-owner" / "key.pem"
         lines += [
             f"            trusted-loader output open {sealed or 'OUTPUT.sealed'} --report {report} \\",
-            f"                --key {owner_key} --out DIR",
+            f"                --allow-mock --reference {ref} --key {owner_key} --out DIR",
             f"            trusted-loader policy verify --config {workdir / 'loader.toml'}",
         ]
     else:
@@ -353,5 +377,8 @@ def summary(workdir: Path, outcome: Any, check: Any, ca_url: str | None = None) 
             "            datasets, grants, sealed output): trusted-loader demo --parties --workdir DIR",
         ]
     if ca_url:
-        lines.append(f"            trusted-loader report verify {report} --ca <CA dir>/ca.pem --allow-mock")
+        lines.append(
+            f"            trusted-loader report verify {report} --ca <CA dir>/ca.pem --allow-mock \\\n"
+            f"                --reference {ref}"
+        )
     return "\n".join(lines) + "\n"

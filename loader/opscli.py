@@ -113,9 +113,13 @@ def cmd_install_unit(args: argparse.Namespace) -> int:
 
 
 def _verification(args: argparse.Namespace, raw: bytes) -> Any:
+    from loader.appraisal_cli import appraisal_from
     from loader.verify import verify_report
 
-    return verify_report(raw, ca=load_ca(args.ca), at=args.at, allow_mock=args.allow_mock)
+    appraisal = appraisal_from(args, args.at)
+    return verify_report(
+        raw, ca=load_ca(args.ca), at=args.at, allow_mock=args.allow_mock, appraisal=appraisal
+    )
 
 
 def cmd_report_show(args: argparse.Namespace) -> int:
@@ -168,6 +172,9 @@ def add_report_show(report_sub: Any, time_type: Any) -> None:
     show.add_argument("--ca", type=Path)
     show.add_argument("--at", type=time_type)
     show.add_argument("--allow-mock", action="store_true")
+    from loader import appraisal_cli
+
+    appraisal_cli.add_options(show)
     show.set_defaults(func=cmd_report_show)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from cryptography import x509
 
+from attestation.reference import Appraisal
 from loader.errors import InputError, LoaderError
 from loader.measure import format_for_kind, measure
 from loader.report import Report
@@ -66,13 +67,14 @@ def replay(
     ca: Sequence[x509.Certificate] = (),
     at: dt.datetime | None = None,
     allow_mock: bool = False,
+    appraisal: Appraisal | None = None,
 ) -> tuple[Verification, list[ReplayItem]]:
     """Verify the report in full (as `report verify` does), then hash each input given.
 
     A signature alone proves nothing: anyone can sign a report with a key of their own. Only
     a report whose evidence binds its key vouches for the digests it records.
     """
-    check = verify_report(raw, ca=ca, at=at, allow_mock=allow_mock)
+    check = verify_report(raw, ca=ca, at=at, allow_mock=allow_mock, appraisal=appraisal)
     if not check.ok or check.report is None:
         return check, []
     report = check.report

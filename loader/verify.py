@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from attestation import AttestationError, Evidence, Result, Trust, binding, verifier_for
 from attestation.nvidia import GPU_EVIDENCE_TYPES
+from attestation.reference import Appraisal, appraise
 from attestation.rtmr import event_value
 from certs.chain import verify_chain
 from certs.errors import CertsError
@@ -40,6 +41,8 @@ class Verification:
     checks: list[tuple[str, bool, str]] = field(default_factory=list)
     evidence: list[Result] = field(default_factory=list)
     report: Report | None = None
+    at: dt.datetime | None = None
+    appraisal: Appraisal = field(default_factory=Appraisal)
 
     def add(self, name: str, passed: bool, detail: str) -> bool:
         self.checks.append((name, passed, detail))
@@ -60,6 +63,8 @@ class Verification:
             "checks": [{"name": n, "passed": p, "detail": d} for n, p, d in self.checks],
             "evidence": [r.to_json() for r in self.evidence],
             "reason": None if self.ok else self.reason(),
+            "appraisal": self.appraisal.to_json(),
+            "at": self.at.isoformat() if self.at else None,
         }
 
 
@@ -70,7 +75,12 @@ def verify_report(
     at: dt.datetime | None = None,
     allow_mock: bool = False,
     trust: Trust | None = None,
+    appraisal: Appraisal | None = None,
 ) -> Verification:
+    """Verify a report in full. `appraisal` pins the platform; None pins nothing, so no
+    evidence passes (fail closed) unless it says any_image. With `at`, every validity check
+    (evidence, certificate, policy signatures) uses it; otherwise evidence is judged now and the
+    certificate and signatures at the report's own times."""
     result = Verification()
     try:
         report = parse_report(raw)
@@ -79,19 +89,31 @@ def verify_report(
         return result
     result.report = report
     result.add("format", True, "COSE_Sign1, ES384, deterministic CBOR payload")
+    if at is not None and at.tzinfo is None:
+        at = at.replace(tzinfo=dt.UTC)  # as the command line reads a time without offset
     when = dt.datetime.now(dt.UTC) if at is None else at
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)  # as the command line reads a time without offset
+    result.at, result.appraisal = at, appraisal or Appraisal()
+    result.add("time", True, _time_detail(report, when, at))
     trust = trust or Trust(allow_mock=allow_mock)
     if not check_signer(result, report):
         return result
-    _chain(result, report, ca)
-    _evidence(result, report, trust, when)
-    signature_reasons = _signatures(result, report)
+    _chain(result, report, ca, at)
+    _evidence(result, report, trust, when, result.appraisal)
+    signature_reasons = _signatures(result, report, at)
     _decision(result, report, signature_reasons)
     _events(result, report)
     _timestamps(result, report)
     return result
+
+
+def _time_detail(report: Report, when: dt.datetime, at: dt.datetime | None) -> str:
+    if at is not None:
+        return f"every validity check at {at.isoformat()} (--at)"
+    started = report.payload["timestamps"]["started"]
+    return (
+        f"evidence at {when.isoformat()} (now); certificate at the report's finish "
+        f"{report.signed_at.isoformat()}; approved-list signatures at its start {started}"
+    )
 
 
 def check_signer(result: Verification, report: Report) -> bool:
@@ -136,9 +158,11 @@ def _extension(cert: x509.Certificate, kind: type[_Ext]) -> _Ext | None:
         return None
 
 
-def _chain_certificate(result: Verification, report: Report, ca: Sequence[x509.Certificate]) -> None:
+def _chain_certificate(
+    result: Verification, report: Report, ca: Sequence[x509.Certificate], at: dt.datetime | None
+) -> None:
     leaf, rest = report.chain[0], report.chain[1:]
-    signed_at = report.signed_at
+    signed_at = at or report.signed_at
     misuse = _signer_usage(leaf)
     if misuse:
         result.add("certificate", False, misuse)
@@ -174,9 +198,11 @@ def _chain_certificate(result: Verification, report: Report, ca: Sequence[x509.C
         result.add("certificate", False, "issued by a CA: pass --ca with that CA's certificate")
 
 
-def _chain(result: Verification, report: Report, ca: Sequence[x509.Certificate]) -> None:
+def _chain(
+    result: Verification, report: Report, ca: Sequence[x509.Certificate], at: dt.datetime | None
+) -> None:
     leaf = report.chain[0]
-    _chain_certificate(result, report, ca)
+    _chain_certificate(result, report, ca, at)
     try:
         bundle = decode_evidence_extension(leaf)
     except CertsError as exc:
@@ -197,7 +223,9 @@ def _chain(result: Verification, report: Report, ca: Sequence[x509.Certificate])
     )
 
 
-def _evidence(result: Verification, report: Report, trust: Trust, when: dt.datetime) -> None:
+def _evidence(
+    result: Verification, report: Report, trust: Trust, when: dt.datetime, appraisal: Appraisal
+) -> None:
     payload = report.payload
     try:
         items = [Evidence.from_cbor_obj(e) for e in payload["evidence"]]
@@ -230,6 +258,9 @@ def _evidence(result: Verification, report: Report, trust: Trust, when: dt.datet
             continue
         result.evidence.append(res)
         result.add(f"evidence[{i}]", res.ok, f"{ev.type}: verified" if res.ok else res.reason())
+        if res.ok:
+            for check in appraise(res, appraisal):
+                result.add(f"evidence[{i}].{check.name}", check.passed, f"{ev.type}: {check.detail}")
         _debug_flag(result, report, res, i)
 
 
@@ -246,7 +277,7 @@ def _debug_flag(result: Verification, report: Report, res: Result, index: int) -
         )
 
 
-def _signatures(result: Verification, report: Report) -> list[str]:
+def _signatures(result: Verification, report: Report, at: dt.datetime | None) -> list[str]:
     """Re-judge the embedded signature envelopes with the embedded signer keys."""
     from loader.errors import LoaderError
     from loader.partykeys import public_from_der
@@ -268,8 +299,8 @@ def _signatures(result: Verification, report: Report) -> list[str]:
         return []
     required = [s["name"] for s in policy["signers"] if s["required"]]
     envelopes = [(s["file"], s["cose"]) for s in policy["signatures"]]
-    at = parse_utc(report.payload["timestamps"]["started"])
-    check = check_signatures(policy["document"], envelopes, keys, required, at)
+    when = at or parse_utc(report.payload["timestamps"]["started"])
+    check = check_signatures(policy["document"], envelopes, keys, required, when)
     ran = report.payload["decision"]["verdict"] == "run"
     if check.reasons and ran:
         result.add("signatures", False, f"the report says run, but: {check.reasons[0]}")
