@@ -202,7 +202,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return EXIT_REJECTED
     bad = [i for i in items if not i.matches]
     for item in items:
-        state = "matches" if item.matches else f"DIFFERS: report has {item.recorded}, found {item.found}"
+        state = "matches" if item.matches else f"DIFFERS: {item.difference()}"
         print(f"{item.label} ({item.path}): {state}", file=sys.stderr)
     if bad:
         print(f"replay failed: {', '.join(i.label for i in bad)} differ(s) from the report", file=sys.stderr)

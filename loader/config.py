@@ -15,7 +15,7 @@ from typing import Any
 
 from loader.errors import ConfigError, RunnerError
 from loader.ocirun import OciSettings
-from loader.policy import valid_name
+from loader.policy import Execution, valid_name
 from loader.publish.settings import PublishSettings, parse_publish
 from loader.stage import FORMATS, InputSpec
 
@@ -30,6 +30,20 @@ class RunSettings:
     env: tuple[tuple[str, str], ...]
     runtime: str = "process"
     oci: OciSettings | None = None
+    network: str = "none"
+    """`[run] network`: "none" (default) or "host"; the OCI runtime's is `[run.oci] network`."""
+
+    def execution(self, recipient: str | None) -> Execution:
+        """How this configuration runs the engine, in the approved list's terms (loader/policy.py)."""
+        return Execution(
+            runtime=self.runtime,
+            command=self.command,
+            env=self.env,
+            network=self.oci.network if self.oci is not None else self.network,
+            timeout_ms=round(self.timeout * 1000),
+            platform=self.oci.platform if self.oci is not None else None,
+            recipient=recipient,
+        )
 
 
 @dataclass(frozen=True)
@@ -270,9 +284,12 @@ def _run(section: _Section) -> RunSettings:
     for key, value in env.items():
         if not isinstance(value, str):
             raise section.error(f"env.{key}", f"expected a string, found {value!r}")
+    network = section.get("network", str, "none")
+    if network not in ("none", "host"):
+        raise section.error("network", f"expected 'none' or 'host', found {network!r}")
     oci = _oci(section.table("oci")) if runtime == "oci" or "oci" in section.data else None
     section.finish()
-    return RunSettings(tuple(command), float(timeout), tuple(sorted(env.items())), runtime, oci)
+    return RunSettings(tuple(command), float(timeout), tuple(sorted(env.items())), runtime, oci, network)
 
 
 def _oci(section: _Section) -> OciSettings:

@@ -134,13 +134,41 @@ def sign_policy(workdir: Path, policy: Path) -> None:
         (workdir / f"approved.json.{party}.sig").write_bytes(envelope)
 
 
-def write_policy(workdir: Path, paths: dict[str, Path]) -> Path:
+def demo_run(**changes: Any) -> dict[str, Any]:
+    """The `run` section of the demo's approved list: what write_config configures."""
+    run = {
+        "runtime": "process",
+        "command": [sys.executable, "{engine}"],
+        "env": {},
+        "network": "none",
+        "timeout": 120,
+    }
+    return {**run, **changes}
+
+
+def _entry(name: str, path: Path) -> dict[str, str]:
+    measured = digest_path(path)
+    return {"name": name, "kind": measured.kind, "digest": measured.digest}
+
+
+def write_policy(
+    workdir: Path, paths: dict[str, Path], *, parties: bool = False, run: dict[str, Any] | None = None
+) -> Path:
+    """The approved list (version 2): inputs with kinds, how the engine runs (`run`, default
+    demo_run()) and the output recipient (the order owner's key with `parties`, else none)."""
+    from loader.partykeys import key_id_text, load_public
+
+    recipient = None
+    if parties:
+        recipient = key_id_text(load_public(workdir / "parties" / "order-owner" / "key.pub.pem"))
     policy = {
-        "version": 1,
+        "version": 2,
         "order": ORDER,
-        "engine": {"name": "stats-engine", "digest": digest_path(paths["engine"]).digest},
-        "datasets": [{"name": n, "digest": digest_path(paths[f"dataset:{n}"]).digest} for n in DATASETS],
-        "config": {"name": "stats-config", "digest": digest_path(paths["config"]).digest},
+        "engine": _entry("stats-engine", paths["engine"]),
+        "datasets": [_entry(n, paths[f"dataset:{n}"]) for n in DATASETS],
+        "config": _entry("stats-config", paths["config"]),
+        "run": run or demo_run(),
+        "output": {"recipient": recipient},
         "tee": ["mock"],
         "flags": {"allow_debug": False},
     }
@@ -241,7 +269,7 @@ def build(workdir: Path, ca_url: str | None = None, *, parties: bool = False) ->
         write_policy(workdir, paths)
         return write_config(workdir, ca_url)
     paths = write_parties(workdir, paths)
-    sign_policy(workdir, write_policy(workdir, paths))
+    sign_policy(workdir, write_policy(workdir, paths, parties=True))
     return write_config(workdir, ca_url, parties=True)
 
 

@@ -192,7 +192,7 @@ def decrypt_dataset(src: Path, name: str, dek: bytes, dest: Path) -> Digest:
             dest.chmod(0o400)
         else:
             reader = stream.PlainReader(chunks)
-            archive.extract_tar(reader, dest, what)  # type: ignore[arg-type]
+            archive.extract_tar(reader, dest, what, executable=False)  # type: ignore[arg-type]
             reader.drain()
     try:
         return digest_path(dest)

@@ -124,7 +124,7 @@ def check_policy(state: BootState) -> None:
 
 
 def measured(state: BootState) -> list[Measured]:
-    return [Measured(m.spec.role, m.spec.name, m.digest.digest) for m in state.measurements]
+    return [Measured(m.spec.role, m.spec.name, m.digest.digest, m.digest.kind) for m in state.measurements]
 
 
 def pending(state: BootState) -> tuple[str, ...]:
@@ -159,7 +159,7 @@ def unlock(state: BootState, staging: Path) -> None:
         if not _decrypt_one(state, staging, name, keys.pop(name)):
             return
     keys.clear()
-    state.reasons += decide(state.policy, measured(state), state.cfg.tee)
+    state.reasons += decide(state.policy, measured(state), state.cfg.tee, execution=state.execution)
 
 
 def _collect_grants(state: BootState, names: list[str]) -> bool:

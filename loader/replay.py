@@ -29,10 +29,19 @@ class ReplayItem:
     recorded: str
     approved: str | None
     found: str
+    recorded_kind: str = ""
+    found_kind: str = ""
 
     @property
     def matches(self) -> bool:
-        return self.found == self.recorded
+        """Same digest and same kind: a file holding a directory's listing has the directory's
+        digest, but it is not the directory."""
+        return self.found == self.recorded and self.found_kind == self.recorded_kind
+
+    def difference(self) -> str:
+        if self.found_kind != self.recorded_kind:
+            return f"report has a {self.recorded_kind or 'missing'} input, found a {self.found_kind}"
+        return f"report has {self.recorded}, found {self.found}"
 
     @property
     def label(self) -> str:
@@ -83,10 +92,19 @@ def replay(
         role, name, path = parse_input_arg(arg)
         item = _recorded(report, role, name)
         try:
-            found = measure(path, format=format_for_kind(str(item["kind"]))).digest
+            found = measure(path, format=format_for_kind(str(item["kind"])))
         except InputError as exc:
             raise LoaderError(str(exc)) from exc
         items.append(
-            ReplayItem(role, str(item["name"]), path, str(item["digest"]), item["expected"], found)  # type: ignore[arg-type]
+            ReplayItem(
+                role,
+                str(item["name"]),
+                path,
+                str(item["digest"]),
+                item["expected"],  # type: ignore[arg-type]
+                found.digest,
+                str(item["kind"]),
+                found.kind,
+            )
         )
     return check, items

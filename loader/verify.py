@@ -28,7 +28,7 @@ from certs.extensions import decode_evidence_extension
 from loader import cose
 from loader.decide import Measured, decide
 from loader.errors import PolicyError, ReportError
-from loader.policy import parse_policy
+from loader.policy import Execution, parse_policy
 from loader.report import Report, input_event, parse_report, parse_utc
 from loader.signing import check_signatures
 
@@ -331,13 +331,19 @@ def _decision(result: Verification, report: Report, signature_reasons: list[str]
     if policy.digest != payload["policy"]["digest"]:
         result.add("decision", False, "policy.digest is not the digest of policy.document")
         return
-    measured = [Measured(i["role"], i["name"], i["digest"]) for i in payload["inputs"] if i["digest"]]
+    measured = [
+        Measured(i["role"], i["name"], i["digest"], i["kind"]) for i in payload["inputs"] if i["digest"]
+    ]
     pending = [i["name"] for i in payload["inputs"] if i["encrypted"] is not None and not i["digest"]]
     if verdict == "run" and pending:
         result.add("decision", False, f"the report says run, but dataset {pending[0]!r} was never decrypted")
         return
     gpus = sum(1 for e in payload["evidence"] if isinstance(e, dict) and e.get("type") in GPU_TYPES)
-    derived = decide(policy, measured, payload["tee"], gpus=gpus, pending=pending) + signature_reasons
+    execution = execution_from_record(payload["run"])
+    derived = (
+        decide(policy, measured, payload["tee"], execution=execution, gpus=gpus, pending=pending)
+        + signature_reasons
+    )
     missing = [r for r in derived if r not in reasons]
     if verdict == "run" and derived:
         result.add("decision", False, f"the report says run, but: {derived[0]}")
@@ -345,6 +351,19 @@ def _decision(result: Verification, report: Report, signature_reasons: list[str]
         result.add("decision", False, f"a reason is missing from the report: {missing[0]}")
     else:
         result.add("decision", True, f"verdict {verdict!r} follows from the inputs and the approved list")
+
+
+def execution_from_record(record: dict[str, Any]) -> Execution:
+    """The configured execution a report records (its types checked by loader/report.py)."""
+    return Execution(
+        runtime=record["runtime"],
+        command=tuple(record["command"]),
+        env=tuple(sorted(record["env"].items())),
+        network=record["network"],
+        timeout_ms=record["timeout_ms"],
+        platform=record["platform"],
+        recipient=record["recipient"],
+    )
 
 
 def _timestamps(result: Verification, report: Report) -> None:
