@@ -242,10 +242,11 @@ REFERENCE = "reference.json"
 def write_reference(workdir: Path) -> Path:
     """The reference values of the demo's mock platform, beside its report."""
     from attestation.mock.attester import reference_entry
+    from attestation.nvidia.mockgpu import reference_entry as gpu_entry
     from attestation.reference import reference_document
 
     path = workdir / REFERENCE
-    path.write_bytes(reference_document([reference_entry("demo-mock")]))
+    path.write_bytes(reference_document([reference_entry("demo-mock"), gpu_entry("demo-mock-gpu")]))
     return path
 
 
