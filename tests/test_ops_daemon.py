@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.ops_helpers import REPO, loader_env, make_job, run_daemon
+from tests.ops_helpers import REPO, approve_env, loader_env, make_job, run_daemon
 
 STEPS = ["attestation", "certificate", "policy", "measurement", "extend", "decision", "wipe", "sign", "store"]
 
@@ -123,6 +123,7 @@ def test_sigterm_stops_the_workload_and_wipes_staging(tmp_path: Path) -> None:
     pidfile = tmp_path / "engine.pid"
     text = job.config.read_text().replace("timeout = 120", f'timeout = 120\nenv = {{PIDFILE = "{pidfile}"}}')
     job.config.write_text(text)
+    approve_env(job, {"PIDFILE": str(pidfile)})
     proc = subprocess.Popen(
         [sys.executable, "-m", "loader", "run", "--config", str(job.config)],
         cwd=REPO,
