@@ -173,13 +173,13 @@ def cmd_output_open(args: argparse.Namespace) -> int:
     from loader.partykeys import load_private
     from loader.seal import open_sealed
 
-    expected = _sealed_digest(args) if args.report else None
+    expected, note = _sealed_digest(args) if args.report else (None, "")
     files = open_sealed(args.sealed, load_private(args.key, "owner key"), args.out, expected_digest=expected)
-    print(f"{args.out}: {files} file(s) from {args.sealed}", file=sys.stderr)
+    print(f"{args.out}: {files} file(s) from {args.sealed}{note}", file=sys.stderr)
     return EXIT_OK
 
 
-def _sealed_digest(args: argparse.Namespace) -> str:
+def _sealed_digest(args: argparse.Namespace) -> tuple[str, str]:
     """The sealed output's digest from a report that verifies in full (as `report verify`):
     a signature alone proves nothing, since anyone can sign a report with a key of their own."""
     from loader.appraisal_cli import appraisal_from
@@ -199,7 +199,8 @@ def _sealed_digest(args: argparse.Namespace) -> str:
     output: Any = (check.report.payload["workload"] or {}).get("output")
     if not isinstance(output, dict) or "sealed" not in output:
         raise TrustError(f"{report_path}: the report records no sealed output")
-    return str(output["digest"])
+    note = " (report verified; ANY IMAGE ACCEPTED: --any-image)" if check.appraisal.any_image else ""
+    return str(output["digest"]), note
 
 
 def add_parsers(sub: Any) -> None:

@@ -273,7 +273,9 @@ def _debug_flag(result: Verification, report: Report, res: Result, index: int) -
         return
     if not flags.get("allow_debug"):
         result.add(
-            f"evidence[{index}].debug", False, "a debug TEE ran the workload; the approved list forbids it"
+            f"evidence[{index}].debug_consent",
+            False,
+            "a debug TEE ran the workload; the approved list forbids it",
         )
 
 

@@ -1,0 +1,273 @@
+"""Nothing pins the platform unless a verifier says so (issue 14): reference values, fail closed.
+
+A genuine (mock) CVM running another image produces evidence that verifies; every consumer of
+that evidence (report verify, replay, grant create, output open) must refuse it unless its
+measurements are in the reference values, refuse it when no reference values are given, and
+accept it with matching values or the explicit --any-image (which its output repeats). A debug
+TEE is refused everywhere unless --allow-debug.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import cbor2
+import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from attestation import Evidence, Trust
+from attestation.mock import format as mockfmt
+from attestation.mock.attester import reference_entry
+from attestation.mock.root import private_key
+from attestation.reference import (
+    Appraisal,
+    ReferenceError,
+    appraise,
+    load_reference,
+    parse_reference,
+    platform_entry,
+    reference_document,
+)
+from attestation.tdx.verifier import TdxVerifier
+from tests.conftest import cli
+from tests.review_helpers import base_payload, forge
+from tests.tdx_helpers import go_v4_collateral, quote_bytes
+
+OTHER_IMAGE = {**reference_entry("other-image"), "values": {"mrtd": ["ab" * 48], "rtmr0": ["00" * 48]}}
+OTHER_IMAGE["values"].update(rtmr1=["00" * 48], rtmr2=["00" * 48])
+VALUES = dict(OTHER_IMAGE["values"])
+
+
+@pytest.fixture(scope="module")
+def parties(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One `demo --parties` run: report, sealed output, CVM certificate, keys, reference values."""
+    workdir = tmp_path_factory.mktemp("appraise") / "demo"
+    done = cli("demo", "--parties", "--workdir", workdir)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (workdir / "wrong.json").write_bytes(reference_document([OTHER_IMAGE]))
+    (workdir / "fleet.json").write_bytes(reference_document([OTHER_IMAGE, reference_entry("this-image")]))
+    return workdir
+
+
+PINNING = {
+    "matching": (["--reference", "reference.json"], 0),
+    "allowed set": (["--reference", "fleet.json"], 0),
+    "another image": (["--reference", "wrong.json"], 1),
+    "nothing pinned": ([], 1),
+    "any image": (["--any-image"], 0),
+}
+
+
+def _commands(workdir: Path) -> dict[str, list[str]]:
+    sealed = str(next((workdir / "output").glob("*/output.sealed")))
+    return {
+        "report verify": ["report", "verify", "report.cbor", "--allow-mock"],
+        "replay": ["replay", "report.cbor", "--allow-mock", "--input", "dataset:lab=parties/lab/data"],
+        "grant create": [
+            "grant",
+            "create",
+            "--cert",
+            "cvm-cert.pem",
+            "--dataset-key",
+            "parties/lab/dataset.key",
+            "--policy",
+            "approved.json",
+            "--out",
+            "GRANT",
+            "--allow-mock",
+        ],
+        "output open": [
+            "output",
+            "open",
+            sealed,
+            "--key",
+            "parties/order-owner/key.pem",
+            "--out",
+            "OPENED",
+            "--report",
+            "report.cbor",
+            "--allow-mock",
+        ],
+    }
+
+
+@pytest.mark.parametrize("command", ["report verify", "replay", "grant create", "output open"])
+def test_every_consumer_appraises_the_platform(parties: Path, tmp_path: Path, command: str) -> None:
+    for case, (flags, expected) in PINNING.items():
+        args = [a.replace("GRANT", str(tmp_path / f"{case}.grant")) for a in _commands(parties)[command]]
+        args = [a.replace("OPENED", str(tmp_path / case.replace(" ", "-"))) for a in args]
+        done = cli(*args, *flags, cwd=parties)
+        assert done.returncode == expected, (command, case, done.stderr)
+        last = done.stderr.strip().splitlines()[-1]
+        if case == "another image":
+            assert "matches no mock platform: 'other-image': mrtd" in done.stderr, (command, last)
+        if case == "nothing pinned":
+            assert "mrtd, rtmr0, rtmr1, rtmr2 unpinned" in done.stderr, (command, last)
+        if case == "any image":
+            assert "ANY IMAGE ACCEPTED" in done.stderr, (command, last)
+    if command == "grant create":
+        assert not (tmp_path / "another image.grant").exists()
+    if command == "output open":
+        assert not (tmp_path / "another-image").exists() and (tmp_path / "matching").is_dir()
+
+
+def test_report_verify_json_repeats_the_any_image_choice(parties: Path) -> None:
+    done = cli("report", "verify", "report.cbor", "--allow-mock", "--any-image", "--json", cwd=parties)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["appraisal"] == {
+        "reference": None,
+        "reference_digest": None,
+        "any_image": True,
+        "allow_debug": False,
+    }
+    assert "ANY IMAGE ACCEPTED" in {c["name"]: c["detail"] for c in out["checks"]}["evidence[0].reference"]
+
+
+def test_output_open_refuses_a_report_signed_without_evidence(parties: Path, tmp_path: Path) -> None:
+    """A report signed by some key, naming the attacker's sealed file: its signature is fine,
+    its evidence does not bind the key. output open --report runs the full verification."""
+    template = base_payload((parties / "report.cbor").read_bytes())
+
+    def strip(payload: dict) -> None:  # type: ignore[type-arg]
+        payload["evidence"] = []
+
+    (tmp_path / "forged.cbor").write_bytes(forge(template, mutate=strip))
+    args = _commands(parties)["output open"]
+    args = [str(tmp_path / "forged.cbor") if a == "report.cbor" else a for a in args]
+    args = [str(tmp_path / "out") if a == "OPENED" else a for a in args]
+    done = cli(*args, "--reference", "reference.json", cwd=parties)
+    assert done.returncode == 1 and "does not verify" in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_signed_reference_values(parties: Path, tmp_path: Path) -> None:
+    from loader.partykeys import generate, write_public
+    from loader.signing import sign_policy
+
+    publisher = generate("p384")
+    write_public(publisher.public_key(), tmp_path / "pub.pem")
+    raw = (parties / "reference.json").read_bytes()
+    now = dt.datetime.now(dt.UTC)
+    (tmp_path / "ref.sig").write_bytes(
+        sign_policy(raw, publisher, issued=now, expires=now + dt.timedelta(days=1))
+    )
+    signed = [
+        "--reference-signer",
+        f"vendor={tmp_path / 'pub.pem'}",
+        "--reference-signature",
+        str(tmp_path / "ref.sig"),
+    ]
+    base = ["report", "verify", "report.cbor", "--allow-mock"]
+    assert cli(*base, "--reference", "reference.json", *signed, cwd=parties).returncode == 0
+    (tmp_path / "edited.json").write_bytes(raw.replace(b'"demo-mock"', b'"edited"'))
+    bad = cli(*base, "--reference", str(tmp_path / "edited.json"), *signed, cwd=parties)
+    assert bad.returncode == 1 and "signature does not verify" in bad.stderr
+
+
+# --- the format --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        ({"format": "x", "platforms": [OTHER_IMAGE]}, "format: expected"),
+        ({"format": "trusted-loader/reference-values/v1", "platforms": []}, "platforms: expected a list"),
+        ({"platforms": [OTHER_IMAGE]}, "exactly format and platforms"),
+        ([{**OTHER_IMAGE, "values": {"mrtd": ["ab" * 48]}}], r"must pin rtmr0, rtmr1, rtmr2"),
+        (
+            [{**OTHER_IMAGE, "values": {**OTHER_IMAGE["values"], "mrtdd": ["00"]}}],
+            "unknown mock claim 'mrtdd'",
+        ),
+        ([{**OTHER_IMAGE, "values": {**OTHER_IMAGE["values"], "mrtd": ["zz"]}}], "expected hex strings"),
+        ([{**OTHER_IMAGE, "values": {**OTHER_IMAGE["values"], "mrtd": []}}], "expected a list of 1"),
+        ([{**OTHER_IMAGE, "tcb_status": ["UpToDate"]}], "only tdx entries"),
+        ([{**OTHER_IMAGE, "debug": True}], "unknown field 'debug'"),
+        ([OTHER_IMAGE, OTHER_IMAGE], "two entries share a name"),
+    ],
+)
+def test_malformed_reference_values_are_named(doc: object, message: str) -> None:
+    if isinstance(doc, list):
+        doc = {"format": "trusted-loader/reference-values/v1", "platforms": doc}
+    with pytest.raises(ReferenceError, match=message):
+        parse_reference(json.dumps(doc).encode(), "ref.json")
+
+
+def test_duplicate_fields_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "dup.json"
+    path.write_text('{"format": "trusted-loader/reference-values/v1", "format": "x", "platforms": []}')
+    with pytest.raises(ReferenceError, match="duplicate field 'format'"):
+        load_reference(path)
+
+
+# --- debug TEEs --------------------------------------------------------------------------------
+
+
+def _debug_quote_result():  # type: ignore[no-untyped-def]
+    """trustee's tdx_quote_4.dat: genuine, UpToDate at 2023-07-01, TD_ATTRIBUTES.DEBUG set."""
+    trust = Trust(collateral=go_v4_collateral())
+    result = TdxVerifier().verify(
+        Evidence("tdx", quote_bytes("trustee_4")),
+        expected_report_data=None,
+        trust=trust,
+        at=dt.datetime(2023, 7, 1, tzinfo=dt.UTC),
+    )
+    assert result.ok and result.tcb_status == "UpToDate" and result.claims["debug"] is True
+    return result
+
+
+def test_trustees_debug_quote_is_refused_unless_allowed() -> None:
+    result = _debug_quote_result()
+    pinned = parse_reference(reference_document([platform_entry("trustee-debug-td", result)]), "ref")
+    for appraisal in (Appraisal(pinned), Appraisal(any_image=True)):
+        failed = {c.name: c.detail for c in appraise(result, appraisal) if not c.passed}
+        assert list(failed) == ["debug"] and "host can read its memory" in failed["debug"]
+        allowed = Appraisal(appraisal.reference, any_image=appraisal.any_image, allow_debug=True)
+        assert all(c.passed for c in appraise(result, allowed))
+
+
+def test_hardware_evidence_without_tcb_evaluation_is_not_verified() -> None:
+    result = TdxVerifier().verify(
+        Evidence("tdx", quote_bytes("trustee_4")),
+        expected_report_data=None,
+        trust=Trust(),
+        at=dt.datetime(2023, 7, 1, tzinfo=dt.UTC),
+    )
+    assert result.ok and result.tcb_status is None
+    failed = {c.name: c.detail for c in appraise(result, Appraisal(any_image=True, allow_debug=True))}
+    assert "TCB not evaluated" in failed["tcb"]
+
+
+def _debug_mock_evidence(report_data: bytes) -> list[dict]:  # type: ignore[type-arg]
+    registers = {name: bytes(48) for name in mockfmt.REGISTERS}
+    registers["mrtd"] = bytes.fromhex(reference_entry()["values"]["mrtd"][0])  # type: ignore[index]
+    payload = cbor2.dumps(
+        {
+            "mock": True,
+            "tee": "mock",
+            "report_data": report_data,
+            "registers": registers,
+            "debug": True,
+            "created": int(dt.datetime.now(dt.UTC).timestamp()),
+        },
+        canonical=True,
+    )
+    signature = private_key().sign(payload, ec.ECDSA(hashes.SHA384()))
+    return [{"type": "mock", "data": mockfmt.encode(payload, signature), "aux": {}}]
+
+
+def test_a_debug_tee_report_is_refused_by_report_verify(parties: Path, tmp_path: Path) -> None:
+    template = base_payload((parties / "report.cbor").read_bytes())
+    path = tmp_path / "debug.cbor"
+    path.write_bytes(forge(template, evidence=_debug_mock_evidence))
+    base = ["report", "verify", str(path), "--allow-mock", "--reference", "reference.json", "--json"]
+    refused = json.loads(cli(*base, cwd=parties).stdout)
+    failed = {c["name"]: c["detail"] for c in refused["checks"] if not c["passed"]}
+    assert "debug TEE" in failed["evidence[0].debug"]
+    allowed = json.loads(cli(*base, "--allow-debug", cwd=parties).stdout)
+    failed = {c["name"]: c["detail"] for c in allowed["checks"] if not c["passed"]}
+    assert "evidence[0].debug" not in failed  # the verifier allows it; the parties' list does not
+    assert "the approved list forbids it" in failed["evidence[0].debug_consent"]
