@@ -271,3 +271,42 @@ def test_a_debug_tee_report_is_refused_by_report_verify(parties: Path, tmp_path:
     failed = {c["name"]: c["detail"] for c in allowed["checks"] if not c["passed"]}
     assert "evidence[0].debug" not in failed  # the verifier allows it; the parties' list does not
     assert "the approved list forbids it" in failed["evidence[0].debug_consent"]
+
+
+# --- the CA appraises with the same module and format ------------------------------------------
+
+
+def _ca_policy(tmp_path: Path, kind: str, platforms: list, extra: str = ""):  # type: ignore[no-untyped-def]
+    from certs.policy import load_policy
+
+    (tmp_path / "reference.json").write_bytes(reference_document(platforms))
+    mock = "true" if kind == "mock" else "false"
+    (tmp_path / "policy.toml").write_text(
+        f'[attestation]\nallow_mock = {mock}\nallowed_types = ["{kind}"]\nreference = "reference.json"\n'
+        f"{extra}[tee.{kind}]\nmeasurements = {{}}\n"
+    )
+    return load_policy(tmp_path / "policy.toml")
+
+
+def test_the_ca_refuses_another_image_and_a_debug_td(tmp_path: Path) -> None:
+    from attestation import binding
+    from attestation.mock.attester import MockAttester
+    from attestation.mock.verifier import MockVerifier
+
+    rd = binding.report_data(b"spki", bytes(32))
+    mock = MockVerifier().verify(
+        MockAttester().collect(rd),
+        expected_report_data=rd,
+        trust=Trust(allow_mock=True),
+        at=dt.datetime.now(dt.UTC),
+    )
+    refused = _ca_policy(tmp_path, "mock", [OTHER_IMAGE]).validate("mock", mock)
+    assert len(refused) == 1 and refused[0].startswith("mock: reference: matches no mock platform")
+    assert _ca_policy(tmp_path, "mock", [OTHER_IMAGE, reference_entry()]).validate("mock", mock) == []
+
+    debug_td = _debug_quote_result()
+    pinned = [platform_entry("trustee-debug-td", debug_td)]
+    reasons = _ca_policy(tmp_path, "tdx", pinned).validate("tdx", debug_td)
+    assert len(reasons) == 1 and reasons[0].startswith("tdx: debug: a debug TEE")
+    allowed = _ca_policy(tmp_path, "tdx", pinned, "allow_debug = true\n")
+    assert allowed.validate("tdx", debug_td) == []
