@@ -77,17 +77,6 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "mock": ("mrtd", "rtmr0", "rtmr1", "rtmr2"),
 }
 SNP_TCB = ("bootloader", "tee", "snp", "microcode", "fmc")
-TDX_TCB_STATUSES = frozenset(
-    {
-        "UpToDate",
-        "SWHardeningNeeded",
-        "ConfigurationNeeded",
-        "ConfigurationAndSWHardeningNeeded",
-        "OutOfDate",
-        "OutOfDateConfigurationNeeded",
-        "Revoked",
-    }
-)
 _ENTRY = {"name", "type", "values", "tcb_status", "min_tcb"}
 
 
@@ -177,11 +166,13 @@ def _platform(item: object, where: str) -> Platform:
     missing = [c for c in REQUIRED[kind] if c not in values]
     if missing:
         raise ReferenceError(f"{where}.values: a {kind} entry must pin {', '.join(missing)}")
+    from attestation.tdx.collateral import TCB_STATUSES
+
     statuses = item.get("tcb_status", ["UpToDate"])
     if "tcb_status" in item and kind != "tdx":
         raise ReferenceError(f"{where}.tcb_status: only tdx entries take a TCB status")
-    if not isinstance(statuses, list) or not statuses or not set(statuses) <= TDX_TCB_STATUSES:
-        raise ReferenceError(f"{where}.tcb_status: expected a list of {sorted(TDX_TCB_STATUSES)}")
+    if not isinstance(statuses, list) or not statuses or not set(statuses) <= TCB_STATUSES:
+        raise ReferenceError(f"{where}.tcb_status: expected a list of {sorted(TCB_STATUSES)}")
     min_tcb = item.get("min_tcb", {})
     if "min_tcb" in item and kind != "sev-snp":
         raise ReferenceError(f"{where}.min_tcb: only sev-snp entries take a minimum TCB")
@@ -242,7 +233,7 @@ def platform_entry(name: str, result: Result) -> dict[str, Any]:
     """The reference entry that pins exactly the verified `result` (for images one trusts)."""
     values: dict[str, list[str | int]] = {}
     for claim, form in CLAIMS[result.type].items():
-        found = _claim(result.claims, claim)
+        found = claim(result.claims, claim)
         if isinstance(found, list):
             found = found[0] if found else None
         if (form == "int" and type(found) is int) or (form != "int" and isinstance(found, str) and found):
@@ -252,18 +243,19 @@ def platform_entry(name: str, result: Result) -> dict[str, Any]:
 
 # --- appraisal --------------------------------------------------------------------------------
 
-_MISSING = object()
+MISSING = object()
 
 
-def _claim(claims: Mapping[str, Any], dotted: str) -> Any:
-    """A claim by dotted name; "rims.tag_id" is the list of every RIM's tag_id."""
+def claim(claims: Mapping[str, Any], dotted: str) -> Any:
+    """A claim by dotted name ("policy.debug" reaches into nested claims), MISSING if absent;
+    "rims.tag_id" is the list of every RIM's tag_id."""
     if dotted == "rims.tag_id":
         rims = claims.get("rims")
-        return [r.get("tag_id") for r in rims if isinstance(r, dict)] if isinstance(rims, list) else _MISSING
+        return [r.get("tag_id") for r in rims if isinstance(r, dict)] if isinstance(rims, list) else MISSING
     node: Any = claims
     for part in dotted.split("."):
         if not isinstance(node, Mapping) or part not in node:
-            return _MISSING
+            return MISSING
         node = node[part]
     return node
 
@@ -281,9 +273,9 @@ def _holds(found: Any, accepted: frozenset[str | int]) -> bool:
 def _differences(result: Result, platform: Platform) -> list[str]:
     out = []
     for claim, accepted in sorted(platform.values.items()):
-        found = _claim(result.claims, claim)
+        found = claim(result.claims, claim)
         if not _holds(found, accepted):
-            shown = "(absent)" if found is _MISSING else str(found)
+            shown = "(absent)" if found is MISSING else str(found)
             out.append(f"{claim} {shown[:24]}{'…' if len(shown) > 24 else ''} is not one of {len(accepted)}")
     return out
 
@@ -291,9 +283,9 @@ def _differences(result: Result, platform: Platform) -> list[str]:
 def is_debug(result: Result) -> bool | None:
     """Whether the evidence is from a debug TEE (memory readable by the host); None if unknown."""
     if result.type == "sev-snp":
-        found = _claim(result.claims, "policy.debug")
+        found = claim(result.claims, "policy.debug")
     else:
-        found = result.claims.get("debug", False if result.type in ("nvidia", "mock-gpu") else _MISSING)
+        found = result.claims.get("debug", False if result.type in ("nvidia", "mock-gpu") else MISSING)
     return found if isinstance(found, bool) else None
 
 
@@ -371,7 +363,7 @@ def _snp_tcb(result: Result, matched: Platform | None) -> Check:
         if passed:
             return Check("tcb", True, passed[0].detail)
         return Check("tcb", False, "TCB not evaluated: the reference values pin no min_tcb")
-    reported = _claim(result.claims, "reported_tcb")
+    reported = claim(result.claims, "reported_tcb")
     if not isinstance(reported, Mapping):
         return Check("tcb", False, "TCB not evaluated: the report carries no reported_tcb")
     short = [

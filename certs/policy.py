@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from attestation.evidence import Result, Trust
-from attestation.reference import Appraisal, ReferenceError, ReferenceValues, appraise, load_reference
+from attestation.reference import (
+    MISSING,
+    Appraisal,
+    ReferenceError,
+    ReferenceValues,
+    appraise,
+    claim,
+    load_reference,
+)
 from certs.errors import CertsError
 
 MOCK_TYPES = frozenset({"mock", "mock-gpu"})
@@ -102,7 +110,7 @@ class CaPolicy:
             appraisal = Appraisal(self.reference, allow_debug=self.allow_debug)
             reasons += [f"{kind}: {c.name}: {c.detail}" for c in appraise(result, appraisal) if not c.passed]
         for name, allowed in sorted(tee.measurements.items()):
-            value = _claim(result.claims, name)
+            value = claim(result.claims, name)
             if not isinstance(value, str) or value.lower() not in allowed:
                 reasons.append(f"{kind}: {name} {_show(value)} is not one of the {len(allowed)} expected")
         if tee.tcb_status and result.tcb_status not in tee.tcb_status:
@@ -110,30 +118,18 @@ class CaPolicy:
                 f"{kind}: TCB status {result.tcb_status!r} is not one of {', '.join(tee.tcb_status)}"
             )
         for name, minimum in sorted(tee.minimum.items()):
-            value = _claim(result.claims, name)
+            value = claim(result.claims, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 reasons.append(f"{kind}: {name} is {_show(value)}, expected at least {minimum}")
         for name, expected in sorted(tee.equals.items()):
-            value = _claim(result.claims, name)
+            value = claim(result.claims, name)
             if type(value) is not type(expected) or value != expected:
                 reasons.append(f"{kind}: {name} is {_show(value)}, expected {expected!r}")
         return reasons
 
 
-_MISSING = object()
-
-
-def _claim(claims: Mapping[str, Any], dotted: str) -> Any:
-    node: Any = claims
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return _MISSING
-        node = node[part]
-    return node
-
-
 def _show(value: Any) -> str:
-    if value is _MISSING:
+    if value is MISSING:
         return "(absent)"
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "…"
