@@ -232,12 +232,12 @@ def reference_document(platforms: Sequence[Mapping[str, Any]]) -> bytes:
 def platform_entry(name: str, result: Result) -> dict[str, Any]:
     """The reference entry that pins exactly the verified `result` (for images one trusts)."""
     values: dict[str, list[str | int]] = {}
-    for claim, form in CLAIMS[result.type].items():
-        found = claim(result.claims, claim)
+    for name, form in CLAIMS[result.type].items():
+        found = claim(result.claims, name)
         if isinstance(found, list):
             found = found[0] if found else None
         if (form == "int" and type(found) is int) or (form != "int" and isinstance(found, str) and found):
-            values[claim] = [found]
+            values[name] = [found]
     return {"name": name, "type": result.type, "values": values}
 
 
@@ -272,11 +272,11 @@ def _holds(found: Any, accepted: frozenset[str | int]) -> bool:
 
 def _differences(result: Result, platform: Platform) -> list[str]:
     out = []
-    for claim, accepted in sorted(platform.values.items()):
-        found = claim(result.claims, claim)
+    for name, accepted in sorted(platform.values.items()):
+        found = claim(result.claims, name)
         if not _holds(found, accepted):
             shown = "(absent)" if found is MISSING else str(found)
-            out.append(f"{claim} {shown[:24]}{'…' if len(shown) > 24 else ''} is not one of {len(accepted)}")
+            out.append(f"{name} {shown[:24]}{'…' if len(shown) > 24 else ''} is not one of {len(accepted)}")
     return out
 
 
