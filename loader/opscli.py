@@ -13,7 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from loader.errors import EXIT_OK, LoaderError
+from loader.errors import EXIT_OK, EXIT_REJECTED, LoaderError
 from loader.files import load_ca, read_bounded
 
 DEFAULT_CONFIG = Path("/etc/trusted-loader/loader.toml")
@@ -29,9 +29,11 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.file)
     overrides = active()
+    differences = _consent_differences(cfg)
     if args.json:
         doc = {
-            "ok": True,
+            "ok": not differences,
+            "consent": differences,
             "file": str(cfg.path),
             "tee": cfg.tee,
             "job_id": cfg.job_id,
@@ -42,8 +44,36 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
     for key, path in sorted(overrides.items()):
         print(f"{args.file}: {key} overridden from the environment: {path}", file=sys.stderr)
+    for reason in differences:
+        print(f"FAIL {reason}", file=sys.stderr)
+    if differences:
+        print(
+            f"{args.file}: valid, but `run` would abort: the approved list does not consent", file=sys.stderr
+        )
+        return EXIT_REJECTED
     print(f"{args.file}: valid (tee {cfg.tee}, {len(cfg.inputs)} inputs)", file=sys.stderr)
     return EXIT_OK
+
+
+def _consent_differences(cfg: Any) -> list[str]:
+    """How the configured execution differs from the approved list's, by the decision's own
+    comparison (loader/decide.py); nothing when the list is not there yet or does not parse
+    (`run` reports that itself)."""
+    from loader.decide import execution_differences
+    from loader.errors import PolicyError
+    from loader.partykeys import key_id_text, load_public
+    from loader.policy import load_policy
+
+    try:
+        policy = load_policy(cfg.policy_path)
+        recipient = (
+            load_public(cfg.output_recipient, "output recipient key") if cfg.output_recipient else None
+        )
+    except (PolicyError, LoaderError):
+        return []
+    return execution_differences(
+        policy.execution, cfg.run.execution(key_id_text(recipient) if recipient else None)
+    )
 
 
 def _exec_argv(explicit: str | None) -> list[str]:

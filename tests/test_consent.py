@@ -191,3 +191,14 @@ def test_staging_normalises_mode_bits(demo_dir: Path, tmp_path: Path, monkeypatc
     e = stage_input(InputSpec("engine", "engine", engine), tmp_path / "staging")
     assert e.staged.stat().st_mode & 0o777 == 0o500
     assert stage.staged_mode("config") == 0o400
+
+
+def test_config_check_lists_what_the_list_does_not_consent_to(demo_dir: Path):
+    config = demo_dir / "loader.toml"
+    assert cli("config", "check", config).returncode == 0
+    _preload(config)
+    done = cli("config", "check", config, "--json")
+    assert done.returncode == 1
+    assert json.loads(done.stdout)["consent"] == [
+        "run.env.LD_PRELOAD: configured '/tmp/evil.so', but the approved list does not name it"
+    ]
