@@ -310,3 +310,15 @@ def test_the_ca_refuses_another_image_and_a_debug_td(tmp_path: Path) -> None:
     assert len(reasons) == 1 and reasons[0].startswith("tdx: debug: a debug TEE")
     allowed = _ca_policy(tmp_path, "tdx", pinned, "allow_debug = true\n")
     assert allowed.validate("tdx", debug_td) == []
+
+
+def test_report_verify_at_uses_that_time_for_every_validity_check(parties: Path) -> None:
+    base = ["report", "verify", "report.cbor", "--allow-mock", "--reference", "reference.json", "--json"]
+    now = json.loads(cli(*base, cwd=parties).stdout)
+    assert now["ok"] is True and now["at"] is None
+    later = json.loads(cli(*base, "--at", "2100-01-01T00:00:00Z", cwd=parties).stdout)
+    checks = {c["name"]: (c["passed"], c["detail"]) for c in later["checks"]}
+    assert later["at"] == "2100-01-01T00:00:00+00:00"
+    assert checks["time"] == (True, "every validity check at 2100-01-01T00:00:00+00:00 (--at)")
+    assert checks["certificate"][0] is False  # the CVM certificate has expired by then
+    assert checks["signatures"][0] is False and "expired" in checks["signatures"][1]  # so have the parties'
