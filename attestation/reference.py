@@ -171,7 +171,11 @@ def _platform(item: object, where: str) -> Platform:
     statuses = item.get("tcb_status", ["UpToDate"])
     if "tcb_status" in item and kind != "tdx":
         raise ReferenceError(f"{where}.tcb_status: only tdx entries take a TCB status")
-    if not isinstance(statuses, list) or not statuses or not set(statuses) <= TCB_STATUSES:
+    if (
+        not isinstance(statuses, list)
+        or not statuses
+        or not all(isinstance(x, str) and x in TCB_STATUSES for x in statuses)
+    ):
         raise ReferenceError(f"{where}.tcb_status: expected a list of {sorted(TCB_STATUSES)}")
     min_tcb = item.get("min_tcb", {})
     if "min_tcb" in item and kind != "sev-snp":

@@ -9,6 +9,7 @@ TEE is refused everywhere unless --allow-debug.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 from pathlib import Path
@@ -17,6 +18,8 @@ import cbor2
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from attestation import Evidence, Trust
 from attestation.mock import format as mockfmt
@@ -322,3 +325,92 @@ def test_report_verify_at_uses_that_time_for_every_validity_check(parties: Path)
     assert checks["time"] == (True, "every validity check at 2100-01-01T00:00:00+00:00 (--at)")
     assert checks["certificate"][0] is False  # the CVM certificate has expired by then
     assert checks["signatures"][0] is False and "expired" in checks["signatures"][1]  # so have the parties'
+
+
+# --- SEV-SNP and NVIDIA through the same module -----------------------------------------------
+
+
+def _snp_result():  # type: ignore[no-untyped-def]
+    from attestation.sevsnp.verifier import SnpVerifier
+    from tests.snp_helpers import snp
+
+    trust = Trust(collateral={"vcek": snp("virtee-sev/vcek_milan.der")})
+    evidence = Evidence("sev-snp", snp("virtee-sev/report_milan.bin"))
+    at = dt.datetime(2024, 6, 1, tzinfo=dt.UTC)
+    result = SnpVerifier().verify(evidence, expected_report_data=None, trust=trust, at=at)
+    assert result.ok, result.reason()
+    return result
+
+
+@pytest.mark.parametrize(
+    ("min_tcb", "failed"),
+    [
+        ({"bootloader": 3, "snp": 8, "microcode": 115}, []),
+        ({"bootloader": 3, "snp": 9}, ["tcb"]),
+        ({}, ["tcb"]),  # no minimum: the TCB was not evaluated
+    ],
+)
+def test_snp_measurement_policy_and_minimum_tcb(min_tcb: dict, failed: list) -> None:  # type: ignore[type-arg]
+    result = _snp_result()
+    entry = platform_entry("milan-image", result)
+    assert set(entry["values"]) >= {"measurement", "policy.raw", "vmpl", "host_data"}
+    if min_tcb:
+        entry["min_tcb"] = min_tcb
+    appraisal = Appraisal(parse_reference(reference_document([entry]), "ref"))
+    assert [c.name for c in appraise(result, appraisal) if not c.passed] == failed
+    entry["values"]["policy.raw"] = ["0000000000030001"]  # another guest policy: not this image
+    other = Appraisal(parse_reference(reference_document([entry]), "ref"))
+    assert next(c.name for c in appraise(result, other) if not c.passed) == "reference"
+
+
+def test_nvidia_versions_pinned_and_rims_required() -> None:
+    from attestation.nvidia.verifier import NvidiaVerifier
+    from tests.nvidia_helpers import NOW, REPORT_NONCE, real_evidence
+    from tests.vectors import vectors_dir
+
+    result = NvidiaVerifier().verify(
+        real_evidence(vectors_dir()), expected_report_data=REPORT_NONCE, trust=Trust(), at=NOW
+    )
+    entry = platform_entry("h100-550", result)
+    assert entry["values"]["driver_version"] == ["550.90.07"]
+    pinned = Appraisal(parse_reference(reference_document([entry]), "ref"))
+    failed = {c.name: c.detail for c in appraise(result, pinned) if not c.passed}
+    assert failed == {"tcb": "RIMs not compared"}  # the versions match; the RIMs were not given
+    entry["values"]["driver_version"] = ["535.00.00"]
+    older = Appraisal(parse_reference(reference_document([entry]), "ref"))
+    assert "driver_version 550.90.07 is not one of 1" in next(
+        c.detail for c in appraise(result, older) if c.name == "reference"
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=512))
+def test_arbitrary_bytes_never_crash_the_reference_parser(raw: bytes) -> None:
+    with contextlib.suppress(ReferenceError):
+        parse_reference(raw, "fuzz.json")
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+        lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=3),
+        max_leaves=12,
+    )
+)
+def test_arbitrary_json_never_crashes_the_reference_parser(doc: object) -> None:
+    for candidate in (doc, {"format": "trusted-loader/reference-values/v1", "platforms": [doc]}):
+        with contextlib.suppress(ReferenceError):
+            parse_reference(json.dumps(candidate).encode(), "fuzz.json")
+
+
+def test_unhashable_tcb_status_is_a_named_error() -> None:
+    entry = {"name": "t", "type": "tdx", "values": {}, "tcb_status": [{}]}
+    doc = {"format": "trusted-loader/reference-values/v1", "platforms": [entry]}
+    with pytest.raises(ReferenceError, match="must pin"):
+        parse_reference(json.dumps(doc).encode(), "ref.json")
+    entry["values"] = {
+        n: ["00"] for n in ("mrtd", "rtmr0", "rtmr1", "rtmr2", "mrseam", "td_attributes", "xfam")
+    }
+    with pytest.raises(ReferenceError, match="tcb_status: expected a list of"):
+        parse_reference(json.dumps(doc).encode(), "ref.json")
