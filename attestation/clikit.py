@@ -15,6 +15,7 @@ from pathlib import Path
 
 from attestation.errors import AttestationError
 from attestation.evidence import Result
+from attestation.reference import Appraisal, appraised
 
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
 
@@ -63,9 +64,33 @@ def evidence_bytes(raw: bytes) -> bytes:
     return raw
 
 
-def add_common(parser: argparse.ArgumentParser) -> None:
+def add_common(parser: argparse.ArgumentParser, *, allow_debug: bool = True) -> None:
+    """--at, --json and the appraisal options (--reference, --any-image, --allow-debug)."""
     parser.add_argument("--at", type=parse_time, default=None, help="evaluation time (default: now)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    parser.add_argument(
+        "--reference", type=Path, metavar="FILE", help="reference values the platform must match"
+    )
+    parser.add_argument(
+        "--any-image",
+        action="store_true",
+        help="accept any image (no reference values): said in the output; never for production",
+    )
+    if allow_debug:
+        parser.add_argument(
+            "--allow-debug", action="store_true", help="accept a debug TEE (the host can read its memory)"
+        )
+
+
+def appraisal_of(args: argparse.Namespace) -> Appraisal:
+    """The appraisal the command line asks for; a bad reference file is a usage error."""
+    from attestation.reference import ReferenceError, load_reference
+
+    try:
+        reference = load_reference(args.reference) if args.reference else None
+    except ReferenceError as exc:
+        raise UsageError(str(exc)) from exc
+    return Appraisal(reference, any_image=args.any_image, allow_debug=args.allow_debug)
 
 
 def read_file(path: Path, what: str, limit: int = 16 << 20) -> bytes:
@@ -78,11 +103,15 @@ def read_file(path: Path, what: str, limit: int = 16 << 20) -> bytes:
         raise UsageError(f"{path}: cannot read {what}: {exc.strerror or exc}") from exc
 
 
-def emit(result: Result, *, as_json: bool, source: str) -> int:
-    """Print `result` on stdout (the checks, then one line) and return the exit code."""
+def emit(result: Result, *, as_json: bool, source: str, appraisal: Appraisal | None = None) -> int:
+    """Appraise `result` (when verified and `appraisal` is given), print it on stdout (the checks,
+    then one line) and return the exit code."""
     summary = sys.stderr if as_json else sys.stdout  # with --json, stdout holds the object only
+    if appraisal is not None and result.ok:
+        result = appraised(result, appraisal)
     if as_json:
-        payload = {"file": source, **result.to_json()}
+        extra = {"appraisal": appraisal.to_json()} if appraisal is not None else {}
+        payload = {"file": source, **result.to_json(), **extra}
         json.dump(payload, sys.stdout, indent=2, sort_keys=True)
         sys.stdout.write("\n")
     else:
@@ -91,7 +120,8 @@ def emit(result: Result, *, as_json: bool, source: str) -> int:
             print(f"{mark} {check.name}: {check.detail}")
     if result.ok:
         status = f", TCB {result.tcb_status}" if result.tcb_status else ""
-        print(f"{source}: verified ({result.type}{status})", file=summary)
+        warn = "; ANY IMAGE ACCEPTED (--any-image)" if appraisal is not None and appraisal.any_image else ""
+        print(f"{source}: verified ({result.type}{status}{warn})", file=summary)
         return EXIT_OK
     print(f"{source}: rejected: {result.reason()}", file=summary)
     return EXIT_REJECTED

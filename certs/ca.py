@@ -33,7 +33,7 @@ from certs.csr import CsrError, ParsedCsr, parse_csr
 from certs.errors import CertsError
 from certs.extensions import encode_evidence_extension
 from certs.nonce import NonceError, NonceService, create_key, load_key
-from certs.policy import GPU_TYPES, CaPolicy, default_policy_text, load_policy
+from certs.policy import GPU_TYPES, REFERENCE_FILE, CaPolicy, default_policy_text, load_policy
 from certs.profile import cvm_leaf
 
 log = logging.getLogger("certs.ca")
@@ -136,6 +136,8 @@ def init_ca_dir(
     _write_private(directory / CA_KEY, pem_key)
     create_key(directory / NONCE_KEY)
     (directory / POLICY).write_text(default_policy_text(allow_mock=allow_mock))
+    if allow_mock:
+        write_mock_reference(directory / REFERENCE_FILE)
     (directory / CA_CERT).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return directory / CA_CERT
 
@@ -351,3 +353,12 @@ def verified_claims(results: Sequence[Result], *, policy_digest: str, at: dt.dat
 
 def _only_binding_failed(result: Result) -> bool:
     return all(c.name in {"report_data", "nonce", "binding"} for c in result.failures)
+
+
+def write_mock_reference(path: Path) -> None:
+    """The mock platform's and mock GPU's reference values, for a CA that accepts the mock."""
+    from attestation.mock.attester import reference_entry
+    from attestation.nvidia.mockgpu import reference_entry as gpu_entry
+    from attestation.reference import reference_document
+
+    path.write_bytes(reference_document([reference_entry(), gpu_entry()]))

@@ -16,16 +16,26 @@ from pathlib import Path
 from typing import Any
 
 from attestation.evidence import Result, Trust
+from attestation.reference import (
+    MISSING,
+    Appraisal,
+    ReferenceError,
+    ReferenceValues,
+    appraise,
+    claim,
+    load_reference,
+)
 from certs.errors import CertsError
 
 MOCK_TYPES = frozenset({"mock", "mock-gpu"})
 GPU_TYPES = frozenset({"nvidia", "mock-gpu"})
 KNOWN_TYPES = frozenset({"tdx", "sev-snp", "nvidia", "mock", "mock-gpu"})
 MAX_POLICY_BYTES = 1 << 20
+REFERENCE_FILE = "reference.json"
 
 _TOP = {"issuance", "attestation", "tee"}
 _ISSUANCE = {"validity_seconds", "serial_bits", "nonce_ttl_seconds", "max_request_bytes", "subject_prefix"}
-_ATTESTATION = {"allow_mock", "allowed_types", "required_types"}
+_ATTESTATION = {"allow_mock", "allowed_types", "required_types", "reference", "allow_debug"}
 _TEE = {"measurements", "tcb_status", "minimum", "equals", "roots", "collateral", "options"}
 
 
@@ -57,6 +67,10 @@ class CaPolicy:
     max_request_bytes: int = 4 << 20
     subject_prefix: str = "trusted-loader CVM"
     tee: Mapping[str, TeePolicy] = field(default_factory=dict)
+    reference: ReferenceValues | None = None
+    """[attestation] reference: reference values (attestation/reference.py, the format every
+    verifier uses); when set, every evidence is appraised with the one appraisal module."""
+    allow_debug: bool = False
     digest: str = ""
     """sha256:<hex> of the policy file's bytes, recorded in every certificate."""
 
@@ -80,6 +94,8 @@ class CaPolicy:
                 out.append(f"policy: [tee.{kind}] accepts any TCB (no tcb_status, no minimum)")
         if self.allow_mock:
             out.append("policy: allow_mock = true; software mock evidence is accepted (tests and demos only)")
+        if self.reference is None:
+            out.append("policy: [attestation] reference is not set; only the [tee.*] tables pin platforms")
         return out
 
     def validate(self, kind: str, result: Result) -> list[str]:
@@ -90,8 +106,11 @@ class CaPolicy:
             return [f"{kind}: mock evidence is not allowed by the CA policy"]
         tee = self.tee[kind]
         reasons = []
+        if self.reference is not None:
+            appraisal = Appraisal(self.reference, allow_debug=self.allow_debug)
+            reasons += [f"{kind}: {c.name}: {c.detail}" for c in appraise(result, appraisal) if not c.passed]
         for name, allowed in sorted(tee.measurements.items()):
-            value = _claim(result.claims, name)
+            value = claim(result.claims, name)
             if not isinstance(value, str) or value.lower() not in allowed:
                 reasons.append(f"{kind}: {name} {_show(value)} is not one of the {len(allowed)} expected")
         if tee.tcb_status and result.tcb_status not in tee.tcb_status:
@@ -99,30 +118,18 @@ class CaPolicy:
                 f"{kind}: TCB status {result.tcb_status!r} is not one of {', '.join(tee.tcb_status)}"
             )
         for name, minimum in sorted(tee.minimum.items()):
-            value = _claim(result.claims, name)
+            value = claim(result.claims, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 reasons.append(f"{kind}: {name} is {_show(value)}, expected at least {minimum}")
         for name, expected in sorted(tee.equals.items()):
-            value = _claim(result.claims, name)
+            value = claim(result.claims, name)
             if type(value) is not type(expected) or value != expected:
                 reasons.append(f"{kind}: {name} is {_show(value)}, expected {expected!r}")
         return reasons
 
 
-_MISSING = object()
-
-
-def _claim(claims: Mapping[str, Any], dotted: str) -> Any:
-    node: Any = claims
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return _MISSING
-        node = node[part]
-    return node
-
-
 def _show(value: Any) -> str:
-    if value is _MISSING:
+    if value is MISSING:
         return "(absent)"
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "…"
@@ -169,6 +176,8 @@ def parse_policy(doc: Mapping[str, Any], *, base: Path, digest: str, src: Path |
         raise PolicyError(f"{src}: attestation.allowed_types lists a mock type but allow_mock is false")
     if not allowed - GPU_TYPES:
         raise PolicyError(f"{src}: attestation.allowed_types: expected at least one CPU TEE type")
+    reference = _reference(p.typed(att, "reference", str, "attestation", None), base, src)
+    allow_debug = p.typed(att, "allow_debug", bool, "attestation", False)
     tees_doc = p.typed(doc, "tee", dict, "", {})
     p.keys(tees_doc, allowed, "tee")
     missing = sorted(allowed - set(tees_doc))
@@ -180,9 +189,20 @@ def parse_policy(doc: Mapping[str, Any], *, base: Path, digest: str, src: Path |
         allowed_types=allowed,
         required_types=required,
         tee=tees,
+        reference=reference,
+        allow_debug=allow_debug,
         digest=digest,
         **issuance,
     )
+
+
+def _reference(path: str | None, base: Path, src: Path | str) -> ReferenceValues | None:
+    if path is None:
+        return None
+    try:
+        return load_reference(base / path)
+    except ReferenceError as exc:
+        raise PolicyError(f"{src}: attestation.reference: {exc}") from exc
 
 
 class _Reader:
@@ -296,6 +316,11 @@ def default_policy_text(*, allow_mock: bool) -> str:
     from attestation.mock.attester import MOCK_MRTD
 
     types = ["tdx", "sev-snp", "nvidia"] + (["mock", "mock-gpu"] if allow_mock else [])
+    reference_line = (
+        f'\nreference = "{REFERENCE_FILE}"   # reference values (docs/appraisal.md): what platforms must be'
+        if allow_mock
+        else f'\n# reference = "{REFERENCE_FILE}"   # EDIT: pin your images (docs/appraisal.md)'
+    )
     mock_sections = ""
     if allow_mock:
         mock_sections = f"""
@@ -316,7 +341,7 @@ nonce_ttl_seconds = 120      # how long a nonce from GET /v1/nonce stays redeema
 max_request_bytes = 4194304  # POST /v1/certificates body limit
 
 [attestation]
-allow_mock = {"true" if allow_mock else "false"}
+allow_mock = {"true" if allow_mock else "false"}{reference_line}
 allowed_types = {types!r}
 required_types = []          # e.g. ["nvidia"] to insist on GPU evidence
 # Each allowed type needs a [tee.<type>] section. Claim names are those the verifier reports

@@ -84,10 +84,14 @@ def _safe_parts(name: str, what: str) -> list[str]:
     return parts
 
 
-def extract_tar(src: BinaryIO, dest: Path, what: str, *, writable: bool = False) -> int:
+def extract_tar(
+    src: BinaryIO, dest: Path, what: str, *, writable: bool = False, executable: bool | None = None
+) -> int:
     """Extract into `dest`, which must not exist yet; return the number of files.
 
-    Files are made read-only (0400/0500) for staging, or 0600/0700 when `writable`.
+    Files are made read-only (0400/0500) for staging, or 0600/0700 when `writable`. The
+    owner-execute bit follows the member's, unless `executable` fixes it for every file (staging
+    normalises modes by role, docs/consent.md: they are not measured).
     """
     dest.mkdir(mode=0o700)
     seen: set[str] = set()
@@ -109,7 +113,7 @@ def extract_tar(src: BinaryIO, dest: Path, what: str, *, writable: bool = False)
                 if not info.isreg():
                     raise TrustError(f"{what}: archive member {key!r} is not a regular file or directory")
                 target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-                _write_member(tar, info, target, what, 0o200 if writable else 0)
+                _write_member(tar, info, target, what, 0o200 if writable else 0, executable)
                 files += 1
     except tarfile.TarError as exc:
         raise TrustError(f"{what}: not a valid tar archive ({exc})") from None
@@ -118,7 +122,9 @@ def extract_tar(src: BinaryIO, dest: Path, what: str, *, writable: bool = False)
     return files
 
 
-def _write_member(tar: tarfile.TarFile, info: tarfile.TarInfo, target: Path, what: str, extra: int) -> None:
+def _write_member(
+    tar: tarfile.TarFile, info: tarfile.TarInfo, target: Path, what: str, extra: int, executable: bool | None
+) -> None:
     reader = tar.extractfile(info)
     if reader is None:
         raise TrustError(f"{what}: archive member {info.name!r} has no data")
@@ -132,6 +138,7 @@ def _write_member(tar: tarfile.TarFile, info: tarfile.TarInfo, target: Path, wha
             view = memoryview(block)
             while view:
                 view = view[os.write(fd, view) :]
-        os.fchmod(fd, (0o500 if info.mode & 0o100 else 0o400) | extra)
+        run = bool(info.mode & 0o100) if executable is None else executable
+        os.fchmod(fd, (0o500 if run else 0o400) | extra)
     finally:
         os.close(fd)

@@ -30,12 +30,13 @@ from certs.errors import CertsError
 from certs.selfissue import self_issue
 from loader import boundary, containment, enroll, multiparty, sandbox
 from loader.config import LoaderConfig
-from loader.decide import Measured, decide
+from loader.decide import decide
 from loader.errors import InputError, PolicyError
 from loader.keys import EphemeralKey
 from loader.notify import Notifier
 from loader.ocirun import oci_mismatch, run_staged_image
-from loader.policy import ApprovedList, load_policy
+from loader.partykeys import key_id_text
+from loader.policy import ApprovedList, Execution, load_policy
 from loader.progress import hashing_meter, rate_text
 from loader.report import input_event, sign_report, utc_text
 from loader.runner import StagedPaths, WorkloadResult, run_process
@@ -79,6 +80,12 @@ class BootState:
     party: multiparty.PartyState = field(default_factory=multiparty.PartyState)
     rtmr3_initial: bytes | None = None
     containment: dict[str, Any] | None = None
+
+    @property
+    def execution(self) -> Execution:
+        """How the configuration runs the engine and where the output goes (the consent's terms)."""
+        recipient = self.party.recipient
+        return self.cfg.run.execution(key_id_text(recipient) if recipient is not None else None)
 
     def stamp(self, name: str) -> None:
         self.times[name] = utc_text(dt.datetime.now(dt.UTC))
@@ -407,10 +414,14 @@ def _no_collateral(state: BootState) -> dict[str, Any]:
 
 def _decide(state: BootState) -> None:
     if state.policy is not None:
-        measured = [Measured(m.spec.role, m.spec.name, m.digest.digest) for m in state.measurements]
         gpus = sum(1 for e in state.evidence if e.type in GPU_EVIDENCE_TYPES)
         state.reasons += decide(
-            state.policy, measured, state.cfg.tee, gpus=gpus, pending=multiparty.pending(state)
+            state.policy,
+            multiparty.measured(state),
+            state.cfg.tee,
+            execution=state.execution,
+            gpus=gpus,
+            pending=multiparty.pending(state),
         )
     state.stamp("decided")
     if state.reasons:  # the reasons themselves are logged once, with the outcome
@@ -546,6 +557,7 @@ def _payload(state: BootState) -> dict[str, Any]:
             **multiparty.policy_record(state),
         },
         "inputs": multiparty.input_records(state, lambda m: _input_entry(m, policy)),
+        "run": state.execution.to_record(),
         "events": state.events,
         "collateral": state.collateral or _no_collateral(state),
         "rtmr3": None if state.rtmr3_initial is None else {"initial": state.rtmr3_initial},

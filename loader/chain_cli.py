@@ -396,7 +396,9 @@ def demo_chain(
     fetched = workdir / "report.fetched.cbor"
     assert found is not None
     fetched.write_bytes(found.report)
-    check = verify_report(found.report, ca=ca, allow_mock=True)
+    from loader.demo import appraisal
+
+    check = verify_report(found.report, ca=ca, allow_mock=True, appraisal=appraisal(workdir))
     same = "byte-identical" if found.report == report else "DIFFERENT"
     sys.stdout.write(
         f"  chain     embedded EVM (eth-tester, chain id {chain.chain_id}), ReportRegistry at {address}\n"

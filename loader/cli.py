@@ -98,7 +98,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from loader.config import load_config
 
     uncontained = load_config(config_path).run.isolation == "none"  # said on stderr by demo.build
-    check = verify_report(outcome.report, ca=ca, allow_mock=True, allow_no_isolation=uncontained)
+    check = verify_report(
+        outcome.report,
+        ca=ca,
+        allow_mock=True,
+        allow_no_isolation=uncontained,
+        appraisal=demo.appraisal(workdir),
+    )
     sys.stdout.write(demo.summary(workdir, outcome, check, ca_url=args.ca_url))
     if not check.ok:
         return EXIT_REJECTED
@@ -195,6 +201,7 @@ def _online_trust(args: argparse.Namespace, raw: bytes) -> Any:
 
 
 def cmd_report_verify(args: argparse.Namespace) -> int:
+    from loader.appraisal_cli import appraisal_from
     from loader.verify import verify_report
 
     raw = read_bounded(args.report, "report")
@@ -217,6 +224,7 @@ def cmd_report_verify(args: argparse.Namespace) -> int:
         allow_mock=args.allow_mock,
         trust=trust,
         allow_no_isolation=args.allow_no_isolation,
+        appraisal=appraisal_from(args, args.at),
     )
     if args.json:
         json.dump(result.to_json(), sys.stdout, indent=2)  # "trust" first
@@ -234,17 +242,22 @@ def verification_line(path: Path, result: Any) -> str:
     """The one-line result: the trust state first, the time it was checked at, the reason."""
     from loader.show import utc_seconds
 
-    when = f" (checked at {utc_seconds(result.at)})" if result.at else ""
+    when = f" (checked at {utc_seconds(result.checked_at)})" if result.checked_at else ""
     if not result.ok:
         return f"{path}: NOT verified{when}: {result.reason()}"
     notes = {
         "MOCK": ": the evidence is a software mock, not hardware (--allow-mock)",
         "not appraised": ": evidence authentic; platform not compared with reference values",
     }
-    return f"{path}: {result.trust()}{when}{notes.get(result.trust(), '')}"
+    return f"{path}: {result.trust()}{when}{notes.get(result.trust(), '')}{_any_image_note(result)}"
+
+
+def _any_image_note(result: Any) -> str:
+    return " (ANY IMAGE ACCEPTED: --any-image)" if result.appraisal.any_image else ""
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from loader.appraisal_cli import appraisal_from
     from loader.replay import replay
 
     check, items = replay(
@@ -254,13 +267,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
         at=args.at,
         allow_mock=args.allow_mock,
         allow_no_isolation=args.allow_no_isolation,
+        appraisal=appraisal_from(args, args.at),
     )
     if not check.ok:
         print(verification_line(args.report, check))
         return EXIT_REJECTED
     bad = [i for i in items if not i.matches]
     for item in items:
-        state = "matches" if item.matches else f"DIFFERS: report has {item.recorded}, found {item.found}"
+        state = "matches" if item.matches else f"DIFFERS: {item.difference()}"
         print(f"{item.label} ({item.path}): {state}")
     skipped = unchecked_inputs(check.report, items)
     if bad:
@@ -273,9 +287,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
         )
         return EXIT_REJECTED
     if skipped:
-        print(f"replay PARTIAL: {len(items)} input(s) match; not checked: {', '.join(skipped)}")
+        note = _any_image_note(check)
+        print(f"replay PARTIAL: {len(items)} input(s) match; not checked: {', '.join(skipped)}{note}")
         return EXIT_OK
-    print(f"replay ok: all {len(items)} input(s) of the report match")
+    print(f"replay ok: all {len(items)} input(s) of the report match{_any_image_note(check)}")
     return EXIT_OK
 
 
@@ -328,7 +343,7 @@ def _time(text: str) -> dt.datetime:
 
 def build_parser() -> argparse.ArgumentParser:
     import loader
-    from loader import chain_cli
+    from loader import appraisal_cli, chain_cli
 
     parser = argparse.ArgumentParser(prog="trusted-loader", description=loader.__doc__)
     parser.add_argument("--version", action="version", version=f"trusted-loader {loader.__version__}")
@@ -396,6 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--accept-tcb", metavar="STATUS,...", help="accepted TDX TCB statuses (default UpToDate)"
     )
     verify.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    appraisal_cli.add_options(verify)
     verify.set_defaults(func=cmd_report_verify)
 
     chain_cli.add_commands(sub, report)
@@ -418,6 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument(
         "--allow-no-isolation", action="store_true", help="accept an engine run with isolation 'none'"
     )
+    appraisal_cli.add_options(rep)
     rep.set_defaults(func=cmd_replay)
 
     from certs.cli import add_parser as add_ca_parser

@@ -16,7 +16,7 @@ from typing import Any
 from loader.collateral import CollateralSettings, accept_list
 from loader.errors import ConfigError, RunnerError
 from loader.ocirun import OciSettings
-from loader.policy import valid_name
+from loader.policy import Execution, valid_name
 from loader.publish.settings import PublishSettings, parse_publish
 from loader.stage import FORMATS, STAGING_MODES, WIPE_METHODS, InputSpec
 
@@ -46,6 +46,18 @@ class RunSettings:
     gid: int | None = None
     expose: tuple[Path, ...] = ()
     """Host paths the engine sees read-only besides the system directories (an interpreter)."""
+
+    def execution(self, recipient: str | None) -> Execution:
+        """How this configuration runs the engine, in the approved list's terms (loader/policy.py)."""
+        return Execution(
+            runtime=self.runtime,
+            command=self.command,
+            env=self.env,
+            network=self.oci.network if self.oci is not None else self.network,
+            timeout_ms=round(self.timeout * 1000),
+            platform=self.oci.platform if self.oci is not None else None,
+            recipient=recipient,
+        )
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from attestation import AttestationError, Evidence, Result, Trust, binding, verifier_for
+from attestation.reference import Appraisal, appraise
 from certs.chain import load_certificates, verify_chain
 from certs.errors import CertsError
 from certs.extensions import decode_evidence_extension
@@ -54,8 +55,12 @@ def verify_cvm_certificate(
     ca: Sequence[x509.Certificate] = (),
     allow_mock: bool = False,
     allowed_tee: Sequence[str] = (),
+    appraisal: Appraisal | None = None,
 ) -> CvmIdentity:
-    """Raise TrustError naming the first failed step; return the attested key otherwise."""
+    """Raise TrustError naming the first failed step; return the attested key otherwise.
+
+    `appraisal` pins the platform (attestation/reference.py); None pins nothing and refuses
+    every platform, so a data key is never wrapped to an unappraised CVM by omission."""
     leaf, rest = chain[0], list(chain[1:])
     try:
         if ca:
@@ -77,6 +82,10 @@ def verify_cvm_certificate(
     if bundle is None or not bundle.get("evidence"):
         raise TrustError(f"{what}: the certificate carries no attestation evidence")
     results = _verify_evidence(bundle, spki, what, at, Trust(allow_mock=allow_mock))
+    for i, res in enumerate(results):
+        failed = [c for c in appraise(res, appraisal or Appraisal()) if not c.passed]
+        if failed:
+            raise TrustError(f"{what}: evidence[{i}]: {res.type}: {failed[0].name}: {failed[0].detail}")
     tee = results[0].type
     if allowed_tee and tee not in allowed_tee:
         raise TrustError(

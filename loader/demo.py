@@ -135,13 +135,41 @@ def sign_policy(workdir: Path, policy: Path) -> None:
         (workdir / f"approved.json.{party}.sig").write_bytes(envelope)
 
 
-def write_policy(workdir: Path, paths: dict[str, Path]) -> Path:
+def demo_run(**changes: Any) -> dict[str, Any]:
+    """The `run` section of the demo's approved list: what write_config configures."""
+    run = {
+        "runtime": "process",
+        "command": [sys.executable, "{engine}"],
+        "env": {},
+        "network": "none",
+        "timeout": 120,
+    }
+    return {**run, **changes}
+
+
+def _entry(name: str, path: Path) -> dict[str, str]:
+    measured = digest_path(path)
+    return {"name": name, "kind": measured.kind, "digest": measured.digest}
+
+
+def write_policy(
+    workdir: Path, paths: dict[str, Path], *, parties: bool = False, run: dict[str, Any] | None = None
+) -> Path:
+    """The approved list (version 2): inputs with kinds, how the engine runs (`run`, default
+    demo_run()) and the output recipient (the order owner's key with `parties`, else none)."""
+    from loader.partykeys import key_id_text, load_public
+
+    recipient = None
+    if parties:
+        recipient = key_id_text(load_public(workdir / "parties" / "order-owner" / "key.pub.pem"))
     policy = {
-        "version": 1,
+        "version": 2,
         "order": ORDER,
-        "engine": {"name": "stats-engine", "digest": digest_path(paths["engine"]).digest},
-        "datasets": [{"name": n, "digest": digest_path(paths[f"dataset:{n}"]).digest} for n in DATASETS],
-        "config": {"name": "stats-config", "digest": digest_path(paths["config"]).digest},
+        "engine": _entry("stats-engine", paths["engine"]),
+        "datasets": [_entry(n, paths[f"dataset:{n}"]) for n in DATASETS],
+        "config": _entry("stats-config", paths["config"]),
+        "run": run or demo_run(),
+        "output": {"recipient": recipient},
         "tee": ["mock"],
         "flags": {"allow_debug": False},
     }
@@ -262,6 +290,27 @@ def _containment() -> str:
     return "".join(line + "\n" for line in lines)
 
 
+REFERENCE = "reference.json"
+
+
+def write_reference(workdir: Path) -> Path:
+    """The reference values of the demo's mock platform, beside its report."""
+    from attestation.mock.attester import reference_entry
+    from attestation.nvidia.mockgpu import reference_entry as gpu_entry
+    from attestation.reference import reference_document
+
+    path = workdir / REFERENCE
+    path.write_bytes(reference_document([reference_entry("demo-mock"), gpu_entry("demo-mock-gpu")]))
+    return path
+
+
+def appraisal(workdir: Path) -> Any:
+    """The appraisal the demo's suggested commands use: its mock platform's reference values."""
+    from attestation.reference import Appraisal, load_reference
+
+    return Appraisal(load_reference(workdir / REFERENCE))
+
+
 def build(workdir: Path, ca_url: str | None = None, *, parties: bool = False) -> Path:
     """Write the demo's inputs, approved list and config; return the config path.
 
@@ -269,19 +318,21 @@ def build(workdir: Path, ca_url: str | None = None, *, parties: bool = False) ->
     parties=True: the three-party scenario (module docstring).
     """
     prepare_workdir(workdir)
+    write_reference(workdir)
     paths = write_inputs(workdir)
     if not parties:
         write_policy(workdir, paths)
         return write_config(workdir, ca_url)
     paths = write_parties(workdir, paths)
-    sign_policy(workdir, write_policy(workdir, paths))
+    sign_policy(workdir, write_policy(workdir, paths, parties=True))
     return write_config(workdir, ca_url, parties=True)
 
 
-def owners_grant(workdir: Path, *, timeout: float = 60.0, engine: str | None = None) -> list[Path]:
-    """The data owners' side: wait for the CVM's certificate, verify it, write one grant each.
+def owners_grant(workdir: Path, *, timeout: float = 60.0, policy: str | None = None) -> list[Path]:
+    """The data owners' side: wait for the CVM's certificate, verify and appraise it against the
+    demo's reference values, write one grant each for the approved list's digest.
 
-    `engine` overrides the engine digest the owners consent to (tests use it for a mismatch).
+    `policy` overrides the approved-list digest the owners consent to (tests: a mismatch).
     """
     import datetime as dt
     import time
@@ -297,20 +348,19 @@ def owners_grant(workdir: Path, *, timeout: float = 60.0, engine: str | None = N
         if time.monotonic() > deadline:
             raise InputError(f"{cert}: the loader did not publish its certificate within {timeout:g} s")
         time.sleep(0.05)
-    policy = load_policy(workdir / "approved.json")
-    approved = policy.find("engine", "engine")
-    assert approved is not None
+    approved = load_policy(workdir / "approved.json")
     identity = verify_cvm_certificate(
         load_chain(cert.read_bytes(), str(cert)),
         what=str(cert),
         at=dt.datetime.now(dt.UTC),
         allow_mock=True,
-        allowed_tee=policy.tee,
+        allowed_tee=approved.tee,
+        appraisal=appraisal(workdir),
     )
     written = []
     for name in DATASETS:
         key = load_key_file(workdir / "parties" / name / "dataset.key")
-        grant = create_grant(key, identity.public_key, engine=engine or approved.digest, order=policy.order)
+        grant = create_grant(key, identity.public_key, policy=policy or approved.digest)
         path = workdir / "grants" / f"{name}.grant"
         path.parent.mkdir(exist_ok=True)
         atomic_write(path, grant)
@@ -379,10 +429,13 @@ def summary(workdir: Path, outcome: Any, check: Any, ca_url: str | None = None) 
             ]
     digest = check.report.digest if check.report else "?"
     verdict = (
-        "OK (mock TEE explicitly allowed): trust state MOCK" if check.ok else "FAILED: " + check.reason()
+        "OK (mock TEE explicitly allowed, platform pinned): trust state MOCK"
+        if check.ok
+        else "FAILED: " + check.reason()
     )
     report = workdir / "report.cbor"
     lab = workdir / ("parties/lab/data" if parties else "inputs/datasets/lab")
+    ref = workdir / REFERENCE
     lines += [f"  report    {report} ({digest})", f"  verify    {verdict}"]
     if ca_url:
         issued = _ca_issued(check)
@@ -392,14 +445,16 @@ def summary(workdir: Path, outcome: Any, check: Any, ca_url: str | None = None) 
             else f"  ca        no certificate from {ca_url}; the abort report is self-issued"
         )
     lines += [
-        f"  try       trusted-loader report show {report} --allow-mock",
-        f"            trusted-loader replay {report} --allow-mock --partial --input dataset:lab={lab}",
+        f"  try       trusted-loader report show {report} --allow-mock --reference {ref}",
+        f"            trusted-loader report verify {report} --allow-mock --reference {ref}",
+        f"            trusted-loader replay {report} --allow-mock --reference {ref} --partial \\",
+        f"                --input dataset:lab={lab}",
     ]
     if parties:
         owner_key = workdir / "parties" / "order-owner" / "key.pem"
         lines += [
             f"            trusted-loader output open {sealed or 'OUTPUT.sealed'} --report {report} \\",
-            f"                --key {owner_key} --out DIR",
+            f"                --allow-mock --reference {ref} --key {owner_key} --out DIR",
             f"            trusted-loader policy verify --config {workdir / 'loader.toml'}",
         ]
     else:
@@ -409,5 +464,8 @@ def summary(workdir: Path, outcome: Any, check: Any, ca_url: str | None = None) 
             "            datasets, grants, sealed output): trusted-loader demo --parties --workdir DIR",
         ]
     if ca_url:
-        lines.append(f"            trusted-loader report verify {report} --ca <CA dir>/ca.pem --allow-mock")
+        lines.append(
+            f"            trusted-loader report verify {report} --ca <CA dir>/ca.pem --allow-mock \\\n"
+            f"                --reference {ref}"
+        )
     return "\n".join(lines) + "\n"

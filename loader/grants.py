@@ -12,17 +12,20 @@ key), a dataset is protected in two steps:
 2. The loader boots, publishes its attested certificate (`[grants] cert_out`) and waits, bounded,
    for grants in `[grants] dir`. The owner verifies the certificate's evidence
    (loader/cvmcert.py) and wraps the DEK to the certificate's P-384 key with
-   `trusted-loader grant create`, naming the engine digest and the order it consents to.
+   `trusted-loader grant create`, naming the exact approved list (by digest) it consents to:
+   that list names the engine, how it runs, the datasets, the order and the output recipient.
 
-Grant (deterministic CBOR map): format "trusted-loader/grant/v1", dataset, engine
-(sha256:<hex>), order, cvm (SHA-256 of the CVM key's SubjectPublicKeyInfo DER), epk (the
-owner's ephemeral P-384 SubjectPublicKeyInfo DER), nonce (12 bytes), wrapped (AES-256-GCM of the
-DEK, 48 bytes). ECDH(epk, CVM key) -> HKDF-SHA384(info = "trusted-loader/grant/v1\\0" ‖
-CBOR[dataset, engine, order, cvm, epk]) -> 32-byte key-encryption key; the AEAD's associated
-data is the grant map without `wrapped`. The loader checks each named field against its own
-values first (to name the mismatch), then unwraps with the KDF info and AAD rebuilt from its own
-values, so a grant for another engine, order, dataset or CVM cannot open even if a check were
-missed. The CVM's attested key is an ECDSA key; using it for ECDH too is a deliberate reuse
+Grant (deterministic CBOR map): format "trusted-loader/grant/v2", dataset, policy (sha256:<hex>
+of the approved list's exact bytes), cvm (SHA-256 of the CVM key's SubjectPublicKeyInfo DER),
+epk (the owner's ephemeral P-384 SubjectPublicKeyInfo DER), nonce (12 bytes), wrapped
+(AES-256-GCM of the DEK, 48 bytes). ECDH(epk, CVM key) -> HKDF-SHA384(info =
+"trusted-loader/grant/v2\\0" ‖ CBOR[dataset, policy, cvm, epk]) -> 32-byte key-encryption key;
+the AEAD's associated data is the grant map without `wrapped`. The loader checks each named
+field against its own values first (to name the mismatch), then unwraps with the KDF info and
+AAD rebuilt from its own values, so a grant for another approved list, dataset or CVM cannot
+open even if a check were missed. (v1 grants named only the engine and order: a list changing
+how the engine runs, or where its output goes, could use them. They are refused.)
+The CVM's attested key is an ECDSA key; using it for ECDH too is a deliberate reuse
 (its certificate has keyAgreement set) so that the grant is bound to exactly the attested key.
 
 What is measured: the approved list names the plaintext digest of each encrypted dataset, the
@@ -57,10 +60,10 @@ from loader.policy import valid_name
 
 DATASET_FORMAT = "trusted-loader/dataset/v1"
 KEY_FORMAT = "trusted-loader/dataset-key/v1"
-GRANT_FORMAT = "trusted-loader/grant/v1"
+GRANT_FORMAT = "trusted-loader/grant/v2"
 MAX_GRANT_BYTES = 4096
 MAX_KEY_FILE = 4096
-_GRANT_FIELDS = {"format", "dataset", "engine", "order", "cvm", "epk", "nonce", "wrapped"}
+_GRANT_FIELDS = {"format", "dataset", "policy", "cvm", "epk", "nonce", "wrapped"}
 
 
 @dataclass(frozen=True)
@@ -72,8 +75,7 @@ class DatasetKey:
 @dataclass(frozen=True)
 class Grant:
     dataset: str
-    engine: str
-    order: str
+    policy: str
     cvm: bytes
     epk: bytes
     nonce: bytes
@@ -190,7 +192,7 @@ def decrypt_dataset(src: Path, name: str, dek: bytes, dest: Path) -> Digest:
             dest.chmod(0o400)
         else:
             reader = stream.PlainReader(chunks)
-            archive.extract_tar(reader, dest, what)  # type: ignore[arg-type]
+            archive.extract_tar(reader, dest, what, executable=False)  # type: ignore[arg-type]
             reader.drain()
     try:
         return digest_path(dest)
@@ -201,18 +203,17 @@ def decrypt_dataset(src: Path, name: str, dek: bytes, dest: Path) -> Digest:
 # --- grants ----------------------------------------------------------------------------------
 
 
-def _kek(shared: bytes, dataset: str, engine: str, order: str, cvm: bytes, epk: bytes) -> AESGCM:
-    info = GRANT_FORMAT.encode() + b"\x00" + cbor2.dumps([dataset, engine, order, cvm, epk], canonical=True)
+def _kek(shared: bytes, dataset: str, policy: str, cvm: bytes, epk: bytes) -> AESGCM:
+    info = GRANT_FORMAT.encode() + b"\x00" + cbor2.dumps([dataset, policy, cvm, epk], canonical=True)
     hkdf = HKDF(algorithm=hashes.SHA384(), length=32, salt=None, info=info)
     return AESGCM(hkdf.derive(shared))
 
 
-def _aad(dataset: str, engine: str, order: str, cvm: bytes, epk: bytes, nonce: bytes) -> bytes:
+def _aad(dataset: str, policy: str, cvm: bytes, epk: bytes, nonce: bytes) -> bytes:
     header = {
         "format": GRANT_FORMAT,
         "dataset": dataset,
-        "engine": engine,
-        "order": order,
+        "policy": policy,
         "cvm": cvm,
         "epk": epk,
         "nonce": nonce,
@@ -224,24 +225,22 @@ def _spki(public: ec.EllipticCurvePublicKey) -> bytes:
     return public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-def create_grant(dek: DatasetKey, cvm_public: ec.EllipticCurvePublicKey, *, engine: str, order: str) -> bytes:
-    """Wrap the dataset key to the CVM's attested P-384 key, for one engine and one order."""
+def create_grant(dek: DatasetKey, cvm_public: ec.EllipticCurvePublicKey, *, policy: str) -> bytes:
+    """Wrap the dataset key to the CVM's attested P-384 key, for one approved list (its digest)."""
     if not isinstance(cvm_public, ec.EllipticCurvePublicKey) or not isinstance(
         cvm_public.curve, ec.SECP384R1
     ):
         raise TrustError("the CVM certificate's key is not a P-384 key; grants need one")
-    engine = parse_digest(engine, "--engine-digest")
-    if order != "" and not valid_name(order):
-        raise TrustError(f"order: expected 1-64 of [A-Za-z0-9._-], found {order!r}")
+    policy = parse_digest(policy, "approved list digest")
     cvm = hashlib.sha256(_spki(cvm_public)).digest()
     ephemeral = ec.generate_private_key(ec.SECP384R1())
     epk = _spki(ephemeral.public_key())
     shared = ephemeral.exchange(ec.ECDH(), cvm_public)
     nonce = os.urandom(12)
-    wrapped = _kek(shared, dek.dataset, engine, order, cvm, epk).encrypt(
-        nonce, dek.key, _aad(dek.dataset, engine, order, cvm, epk, nonce)
+    wrapped = _kek(shared, dek.dataset, policy, cvm, epk).encrypt(
+        nonce, dek.key, _aad(dek.dataset, policy, cvm, epk, nonce)
     )
-    doc = cbor2.loads(_aad(dek.dataset, engine, order, cvm, epk, nonce))
+    doc = cbor2.loads(_aad(dek.dataset, policy, cvm, epk, nonce))
     return cbor2.dumps({**doc, "wrapped": wrapped}, canonical=True)
 
 
@@ -261,8 +260,7 @@ def parse_grant(data: bytes, what: str) -> Grant:
         raise TrustError(f"{what}: format must be {GRANT_FORMAT!r}, found {doc['format']!r}")
     types: dict[str, Any] = {
         "dataset": str,
-        "engine": str,
-        "order": str,
+        "policy": str,
         "cvm": bytes,
         "epk": bytes,
         "nonce": bytes,
@@ -275,8 +273,7 @@ def parse_grant(data: bytes, what: str) -> Grant:
         raise TrustError(f"{what}: cvm, nonce or wrapped has the wrong length")
     return Grant(
         doc["dataset"],
-        doc["engine"],
-        doc["order"],
+        doc["policy"],
         doc["cvm"],
         doc["epk"],
         doc["nonce"],
@@ -285,7 +282,7 @@ def parse_grant(data: bytes, what: str) -> Grant:
     )
 
 
-def check_grant(grant: Grant, *, dataset: str, engine: str, order: str, cvm_spki: bytes) -> list[str]:
+def check_grant(grant: Grant, *, dataset: str, policy: str, cvm_spki: bytes) -> list[str]:
     """Every way `grant` was made for something other than this job on this CVM."""
     what = f"grant for dataset {dataset!r}"
     reasons = []
@@ -296,15 +293,13 @@ def check_grant(grant: Grant, *, dataset: str, engine: str, order: str, cvm_spki
         reasons.append(
             f"{what}: made for CVM key sha256:{grant.cvm.hex()}, not this CVM's key sha256:{mine.hex()}"
         )
-    if grant.engine != engine:
-        reasons.append(f"{what}: made for engine {grant.engine}, but the approved engine is {engine}")
-    if grant.order != order:
-        reasons.append(f"{what}: made for order {grant.order!r}, but this job's order is {order!r}")
+    if grant.policy != policy:
+        reasons.append(f"{what}: made for approved list {grant.policy}, but this job's list is {policy}")
     return reasons
 
 
 def unwrap_grant(
-    grant: Grant, cvm_private: ec.EllipticCurvePrivateKey, *, dataset: str, engine: str, order: str
+    grant: Grant, cvm_private: ec.EllipticCurvePrivateKey, *, dataset: str, policy: str
 ) -> bytes:
     """The DEK; the KDF info and AAD are rebuilt from the loader's own values, not the grant's."""
     what = f"grant for dataset {dataset!r}"
@@ -317,8 +312,8 @@ def unwrap_grant(
         raise TrustError(f"{what}: epk must be a P-384 public key")
     shared = cvm_private.exchange(ec.ECDH(), peer)
     try:
-        return _kek(shared, dataset, engine, order, cvm, grant.epk).decrypt(
-            grant.nonce, grant.wrapped, _aad(dataset, engine, order, cvm, grant.epk, grant.nonce)
+        return _kek(shared, dataset, policy, cvm, grant.epk).decrypt(
+            grant.nonce, grant.wrapped, _aad(dataset, policy, cvm, grant.epk, grant.nonce)
         )
     except InvalidTag:
-        raise TrustError(f"{what}: does not open with this CVM's key for this engine and order") from None
+        raise TrustError(f"{what}: does not open with this CVM's key for this approved list") from None

@@ -7,7 +7,7 @@
 3. Measure: encrypted datasets are staged under staging/sealed and measured as ciphertext.
 4. Decide on everything but the encrypted datasets' plaintext (`pending`).
 5. Only if nothing failed: wait (bounded) for one grant per encrypted dataset, check every
-   grant's bindings (dataset, CVM key, engine, order), unwrap every data key, and only then
+   grant's bindings (dataset, CVM key, approved-list digest), unwrap every data key, and only then
    decrypt each dataset into staging/inputs/dataset/NAME, measure the plaintext and decide again.
 6. After the workload: seal output and logs to the order owner (loader/seal.py).
 
@@ -124,7 +124,7 @@ def check_policy(state: BootState) -> None:
 
 
 def measured(state: BootState) -> list[Measured]:
-    return [Measured(m.spec.role, m.spec.name, m.digest.digest) for m in state.measurements]
+    return [Measured(m.spec.role, m.spec.name, m.digest.digest, m.digest.kind) for m in state.measurements]
 
 
 def pending(state: BootState) -> tuple[str, ...]:
@@ -135,15 +135,13 @@ def pending(state: BootState) -> tuple[str, ...]:
 def unlock(state: BootState, staging: Path) -> None:
     """Grants -> data keys -> plaintext datasets in staging, measured and decided on."""
     assert state.policy is not None and state.cfg.grants is not None
-    approved = state.policy.find("engine", "engine")
-    engine = approved.digest if approved else ""
-    order = state.policy.order
+    policy = state.policy.digest
     names = list(state.party.ciphertexts)
     if not _collect_grants(state, names):
         return
     for name in names:
         state.reasons += grantlib.check_grant(
-            state.party.grants[name], dataset=name, engine=engine, order=order, cvm_spki=state.key.spki
+            state.party.grants[name], dataset=name, policy=policy, cvm_spki=state.key.spki
         )
     if state.reasons:
         return
@@ -151,7 +149,7 @@ def unlock(state: BootState, staging: Path) -> None:
     for name in names:
         try:
             keys[name] = grantlib.unwrap_grant(
-                state.party.grants[name], state.key.private, dataset=name, engine=engine, order=order
+                state.party.grants[name], state.key.private, dataset=name, policy=policy
             )
         except TrustError as exc:
             state.reasons.append(str(exc))
@@ -161,7 +159,7 @@ def unlock(state: BootState, staging: Path) -> None:
         if not _decrypt_one(state, staging, name, keys.pop(name)):
             return
     keys.clear()
-    state.reasons += decide(state.policy, measured(state), state.cfg.tee)
+    state.reasons += decide(state.policy, measured(state), state.cfg.tee, execution=state.execution)
 
 
 def _collect_grants(state: BootState, names: list[str]) -> bool:

@@ -13,7 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from loader.errors import EXIT_OK, LoaderError
+from loader.errors import EXIT_OK, EXIT_REJECTED, LoaderError
 from loader.files import load_ca, read_bounded
 
 DEFAULT_CONFIG = Path("/etc/trusted-loader/loader.toml")
@@ -36,9 +36,11 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     warnings = preflight(cfg)
     check_settings(cfg.run)  # as `run` does before it starts the engine (there: a signed abort)
     overrides = active()
+    differences = _consent_differences(cfg)
     if args.json:
         doc = {
-            "ok": True,
+            "ok": not differences,
+            "consent": differences,
             "file": str(cfg.path),
             "tee": cfg.tee,
             "job_id": cfg.job_id,
@@ -61,8 +63,36 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         print(f"{args.file}: {key} overridden from the environment: {path}", file=sys.stderr)
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    for reason in differences:
+        print(f"FAIL {reason}", file=sys.stderr)
+    if differences:
+        print(
+            f"{args.file}: valid, but `run` would abort: the approved list does not consent", file=sys.stderr
+        )
+        return EXIT_REJECTED
     print(f"{args.file}: valid (tee {cfg.tee}, {len(cfg.inputs)} inputs)", file=sys.stderr)
     return EXIT_OK
+
+
+def _consent_differences(cfg: Any) -> list[str]:
+    """How the configured execution differs from the approved list's, by the decision's own
+    comparison (loader/decide.py); nothing when the list is not there yet or does not parse
+    (`run` reports that itself)."""
+    from loader.decide import execution_differences
+    from loader.errors import PolicyError
+    from loader.partykeys import key_id_text, load_public
+    from loader.policy import load_policy
+
+    try:
+        policy = load_policy(cfg.policy_path)
+        recipient = (
+            load_public(cfg.output_recipient, "output recipient key") if cfg.output_recipient else None
+        )
+    except (PolicyError, LoaderError):
+        return []
+    return execution_differences(
+        policy.execution, cfg.run.execution(key_id_text(recipient) if recipient else None)
+    )
 
 
 def _exec_argv(explicit: str | None) -> list[str]:
@@ -171,9 +201,13 @@ def cmd_install_unit(args: argparse.Namespace) -> int:
 
 
 def _verification(args: argparse.Namespace, raw: bytes) -> Any:
+    from loader.appraisal_cli import appraisal_from
     from loader.verify import verify_report
 
-    return verify_report(raw, ca=load_ca(args.ca), at=args.at, allow_mock=args.allow_mock)
+    appraisal = appraisal_from(args, args.at)
+    return verify_report(
+        raw, ca=load_ca(args.ca), at=args.at, allow_mock=args.allow_mock, appraisal=appraisal
+    )
 
 
 def cmd_report_show(args: argparse.Namespace) -> int:
@@ -237,6 +271,9 @@ def add_report_show(report_sub: Any, time_type: Any) -> None:
     show.add_argument("--ca", type=Path, help="CA certificate (PEM) the report's certificate must chain to")
     show.add_argument("--at", type=time_type, help="verify at this time (ISO 8601; default now); shown")
     show.add_argument("--allow-mock", action="store_true", help="accept mock evidence (shown as MOCK)")
+    from loader import appraisal_cli
+
+    appraisal_cli.add_options(show)
     show.set_defaults(func=cmd_report_show)
 
 

@@ -4,9 +4,12 @@
   policy sign APPROVED --key KEY.pem --out SIG [--expires ISO8601 | --days N]
   policy verify APPROVED --signature SIG... (--signer NAME=PUB.pem... --require NAME... | --config TOML)
   dataset encrypt SRC --name NAME --out FILE --key-out KEYFILE    prints the plaintext digest
-  grant create --cert CVM.pem --dataset-key KEYFILE (--policy APPROVED | --engine-digest D --order O)
-               --out FILE [--ca PEM] [--allow-mock] [--at ISO8601]
-  output open SEALED --key OWNER.pem --out DIR [--report REPORT]
+  grant create --cert CVM.pem --dataset-key KEYFILE --policy APPROVED --out FILE [--ca PEM]
+               [--allow-mock] [--at ISO8601] (--reference FILE | --any-image) [--allow-debug]
+  output open SEALED --key OWNER.pem --out DIR [--report REPORT [--ca PEM] [--allow-mock]
+               [--at ISO8601] (--reference FILE | --any-image) [--allow-debug]]
+The appraisal options are loader/appraisal_cli.py's: the CVM's platform must match the
+reference values (or --any-image says any is acceptable), as `report verify` requires.
 
 Exit codes as everywhere: 0 done / verified, 1 rejected (a signature, grant, certificate or
 sealed file does not verify), 2 usage or I/O error.
@@ -124,76 +127,86 @@ def cmd_dataset_encrypt(args: argparse.Namespace) -> int:
 
 def cmd_grant_create(args: argparse.Namespace) -> int:
     from certs.chain import load_certificates
+    from loader.appraisal_cli import appraisal_from
     from loader.cvmcert import load_chain, verify_cvm_certificate
     from loader.grants import create_grant, load_key_file
     from loader.spool import atomic_write
 
     key = load_key_file(args.dataset_key)
-    engine, order, allowed = _consent(args, key.dataset)
+    policy = _consent(args, key.dataset)
+    at = args.at or dt.datetime.now(dt.UTC)
+    appraisal = appraisal_from(args, at)
     chain = load_chain(read_bounded(args.cert, "CVM certificate", 1 << 20), str(args.cert))
     ca = load_certificates(read_bounded(args.ca, "CA certificate"), what=str(args.ca)) if args.ca else []
     identity = verify_cvm_certificate(
         chain,
         what=str(args.cert),
-        at=args.at or dt.datetime.now(dt.UTC),
+        at=at,
         ca=ca,
         allow_mock=args.allow_mock,
-        allowed_tee=allowed,
+        allowed_tee=policy.tee,
+        appraisal=appraisal,
     )
-    grant = create_grant(key, identity.public_key, engine=engine, order=order)
+    grant = create_grant(key, identity.public_key, policy=policy.digest)
     atomic_write(args.out, grant)
     mock = " (MOCK TEE, allowed by --allow-mock)" if any(r.is_mock for r in identity.results) else ""
+    image = " (ANY IMAGE ACCEPTED: --any-image)" if appraisal.any_image else ""
     print(
-        f"{args.out}: dataset {key.dataset!r} granted to the {identity.tee} CVM{mock} for engine {engine}, "
-        f"order {order!r}",
+        f"{args.out}: dataset {key.dataset!r} granted to the {identity.tee} CVM{mock}{image} for the "
+        f"approved list {policy.digest} (order {policy.order!r})",
         file=sys.stderr,
     )
     return EXIT_OK
 
 
-def _consent(args: argparse.Namespace, dataset: str) -> tuple[str, str, tuple[str, ...]]:
-    """Engine digest, order and allowed TEE types the owner consents to."""
-    if args.policy is not None:
-        if args.engine_digest or args.order is not None:
-            raise LoaderError("give either --policy or --engine-digest and --order, not both")
-        from loader.policy import parse_policy
+def _consent(args: argparse.Namespace, dataset: str) -> Any:
+    """The approved list the owner consents to (the grant is bound to its exact digest)."""
+    from loader.policy import parse_policy
 
-        policy = parse_policy(read_bounded(args.policy, "approved list", 1 << 20), str(args.policy))
-        engine = policy.find("engine", "engine")
-        if policy.find("dataset", dataset) is None:
-            raise TrustError(f"{args.policy}: dataset {dataset!r} is not in the approved list")
-        assert engine is not None
-        return engine.digest, policy.order, policy.tee
-    if not args.engine_digest or args.order is None:
-        raise LoaderError("give --policy APPROVED, or both --engine-digest and --order")
-    return args.engine_digest, args.order, ()
+    policy = parse_policy(read_bounded(args.policy, "approved list", 1 << 20), str(args.policy))
+    if policy.find("dataset", dataset) is None:
+        raise TrustError(f"{args.policy}: dataset {dataset!r} is not in the approved list")
+    return policy
 
 
 def cmd_output_open(args: argparse.Namespace) -> int:
     from loader.partykeys import load_private
     from loader.seal import open_sealed
 
-    expected = _sealed_digest(args.report) if args.report else None
+    expected, note = _sealed_digest(args) if args.report else (None, "")
     files = open_sealed(args.sealed, load_private(args.key, "owner key"), args.out, expected_digest=expected)
-    print(f"{args.out}: {files} file(s) from {args.sealed}", file=sys.stderr)
+    print(f"{args.out}: {files} file(s) from {args.sealed}{note}", file=sys.stderr)
     return EXIT_OK
 
 
-def _sealed_digest(report_path: Path) -> str:
-    from loader.report import parse_report
-    from loader.verify import Verification, check_signer
+def _sealed_digest(args: argparse.Namespace) -> tuple[str, str]:
+    """The sealed output's digest from a report that verifies in full (as `report verify`):
+    a signature alone proves nothing, since anyone can sign a report with a key of their own."""
+    from loader.appraisal_cli import appraisal_from
+    from loader.files import load_ca
+    from loader.verify import verify_report
 
-    report = parse_report(read_bounded(report_path, "report"))
-    if not check_signer(Verification(), report):
-        raise TrustError(f"{report_path}: the report's signature does not verify")
-    output: Any = (report.payload["workload"] or {}).get("output")
+    report_path = args.report
+    check = verify_report(
+        read_bounded(report_path, "report"),
+        ca=load_ca(args.ca),
+        at=args.at,
+        allow_mock=args.allow_mock,
+        appraisal=appraisal_from(args, args.at),
+    )
+    if not check.ok or check.report is None:
+        raise TrustError(f"{report_path}: the report does not verify: {check.reason()}")
+    output: Any = (check.report.payload["workload"] or {}).get("output")
     if not isinstance(output, dict) or "sealed" not in output:
         raise TrustError(f"{report_path}: the report records no sealed output")
-    return str(output["digest"])
+    note = " (report verified; ANY IMAGE ACCEPTED: --any-image)" if check.appraisal.any_image else ""
+    return str(output["digest"]), note
 
 
 def add_parsers(sub: Any) -> None:
     """Register `key`, `policy`, `dataset`, `grant` and `output` on the main parser."""
+    from loader import appraisal_cli
+
     key = sub.add_parser("key", help="party keys").add_subparsers(dest="key_command", required=True)
     gen = key.add_parser("generate", help="a P-384, Ed25519 or X25519 key pair as PEM files")
     gen.add_argument(
@@ -245,15 +258,16 @@ def add_parsers(sub: Any) -> None:
     create = grant.add_parser("create", help="wrap a dataset key to an attested CVM certificate")
     create.add_argument("--cert", type=Path, required=True, help="the CVM's attested certificate (PEM)")
     create.add_argument("--dataset-key", type=Path, required=True, help="the data key from `dataset encrypt`")
-    create.add_argument("--policy", type=Path, help="the approved list: engine digest and order from it")
-    create.add_argument("--engine-digest", help="sha256:<hex> of the only engine the grant is for")
-    create.add_argument("--order", help="the order the grant is for")
+    create.add_argument(
+        "--policy", type=Path, required=True, help="the approved list consented to (the grant is bound to it)"
+    )
     create.add_argument("--out", type=Path, required=True, help="where to write the grant")
     create.add_argument("--ca", type=Path, help="CA certificate (PEM) the CVM certificate must chain to")
     create.add_argument(
         "--allow-mock", action="store_true", help="accept mock evidence (demos and tests only)"
     )
     create.add_argument("--at", type=_time, help="verification time (ISO 8601; default now)")
+    appraisal_cli.add_options(create)
     create.set_defaults(func=cmd_grant_create)
 
     output = sub.add_parser("output", help="open a sealed output").add_subparsers(
@@ -263,5 +277,13 @@ def add_parsers(sub: Any) -> None:
     open_.add_argument("sealed", type=Path, help="the sealed output file")
     open_.add_argument("--key", type=Path, required=True, help="the order owner's X25519 private key (PEM)")
     open_.add_argument("--out", type=Path, required=True, help="directory to extract the output into")
-    open_.add_argument("--report", type=Path, help="check the sealed file against this report's digest")
+    open_.add_argument(
+        "--report", type=Path, help="verify this report in full; the sealed file must be its output"
+    )
+    open_.add_argument("--ca", type=Path, help="CA certificate (PEM) the report's certificate must chain to")
+    open_.add_argument(
+        "--allow-mock", action="store_true", help="accept mock evidence (demos and tests only)"
+    )
+    open_.add_argument("--at", type=_time, help="verification time (ISO 8601; default now)")
+    appraisal_cli.add_options(open_)
     open_.set_defaults(func=cmd_output_open)

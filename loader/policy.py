@@ -1,7 +1,16 @@
-"""The approved list: which engine, datasets and config may run, on which TEE, with which flags.
+"""The approved list: which engine, datasets and config may run, how, on which TEE, with which
+flags, and to whom the output goes. What is not in it, the parties did not consent to.
 
 A JSON document, identified by the SHA-256 of its exact bytes (what parties sign). Parsing is
 strict: unknown or duplicate fields, bad names and bad digests are refused with the field named.
+Version 2 (docs/consent.md); version 1 lists, which named neither kinds nor how the engine runs,
+are refused:
+  {"version": 2, "order": "...",
+   "engine": {"name", "kind": "file"|"directory"|"oci", "digest"}, "datasets": [...], "config": {...},
+   "run": {"runtime": "process"|"oci", "command": [argv template], "env": {NAME: VALUE},
+           "network": "none"|"host"|NAME, "timeout": seconds, "platform": OS/ARCH or null},
+   "output": {"recipient": "sha256:<SHA-256 of the recipient key's SubjectPublicKeyInfo>" | null},
+   "tee": [...], "flags": {...}}
 """
 
 from __future__ import annotations
@@ -19,8 +28,12 @@ from loader.errors import PolicyError
 MAX_POLICY_BYTES = 1 << 20
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 FLAGS = {"allow_debug": False, "require_gpu": False}
-_TOP = {"version", "order", "engine", "datasets", "config", "tee", "flags"}
-_REQUIRED = {"version", "engine", "datasets", "tee"}
+_TOP = {"version", "order", "engine", "datasets", "config", "tee", "flags", "run", "output"}
+_REQUIRED = {"version", "engine", "datasets", "tee", "run", "output"}
+VERSION = 2
+KINDS = ("file", "directory", "oci")
+_RUN = {"runtime", "command", "env", "network", "timeout", "platform"}
+MAX_TIMEOUT = 7 * 86400
 
 
 @dataclass(frozen=True)
@@ -28,6 +41,34 @@ class ApprovedInput:
     role: str
     name: str
     digest: str
+    kind: str = "file"
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How the engine runs and where its output goes: approved (list) or configured (loader).
+
+    The same shape on both sides, so the comparison is field by field (loader/decide.py) and
+    the report records the configured one for `report verify` to compare again."""
+
+    runtime: str
+    command: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]
+    network: str
+    timeout_ms: int
+    platform: str | None
+    recipient: str | None
+
+    def to_record(self) -> dict[str, object]:
+        return {
+            "runtime": self.runtime,
+            "command": list(self.command),
+            "env": dict(self.env),
+            "network": self.network,
+            "timeout_ms": self.timeout_ms,
+            "platform": self.platform,
+            "recipient": self.recipient,
+        }
 
 
 @dataclass(frozen=True)
@@ -38,6 +79,7 @@ class ApprovedList:
     inputs: tuple[ApprovedInput, ...]
     tee: tuple[str, ...]
     flags: dict[str, bool]
+    execution: Execution
 
     def find(self, role: str, name: str) -> ApprovedInput | None:
         """The approved entry for an input: by role for the engine and config, by name for datasets."""
@@ -52,10 +94,13 @@ def valid_name(name: object) -> bool:
 
 def _entry(obj: object, role: str, where: str) -> ApprovedInput:
     if not isinstance(obj, dict):
-        raise PolicyError(f"{where}: expected an object with name and digest")
-    extra = set(obj) - {"name", "digest"}
+        raise PolicyError(f"{where}: expected an object with name, kind and digest")
+    extra = set(obj) - {"name", "kind", "digest"}
     if extra:
         raise PolicyError(f"{where}: unknown field {sorted(extra)[0]!r}")
+    kind = obj.get("kind")
+    if kind not in KINDS:
+        raise PolicyError(f"{where}.kind: expected one of {list(KINDS)}, found {kind!r}")
     name = obj.get("name")
     if not valid_name(name):
         raise PolicyError(f"{where}.name: expected 1-64 of [A-Za-z0-9._-], found {name!r}")
@@ -63,7 +108,7 @@ def _entry(obj: object, role: str, where: str) -> ApprovedInput:
         digest = parse_digest(obj.get("digest"), f"{where}.digest")
     except Exception as exc:
         raise PolicyError(str(exc)) from exc
-    return ApprovedInput(role, str(name), digest)
+    return ApprovedInput(role, str(name), digest, str(kind))
 
 
 def parse_policy(raw: bytes, source: str) -> ApprovedList:
@@ -91,8 +136,11 @@ def _parse(raw: bytes) -> ApprovedList:
     missing = _REQUIRED - set(doc)
     if missing:
         raise PolicyError(f"missing field {sorted(missing)[0]!r}")
-    if doc["version"] != 1:
-        raise PolicyError(f"version: expected 1, found {doc['version']!r}")
+    if doc["version"] != VERSION:
+        raise PolicyError(
+            f"version: expected {VERSION} (kinds, run and output name what the parties consent to), "
+            f"found {doc['version']!r}"
+        )
     inputs = [_entry(doc["engine"], "engine", "engine")]
     datasets = doc["datasets"]
     if not isinstance(datasets, list):
@@ -110,7 +158,56 @@ def _parse(raw: bytes) -> ApprovedList:
         inputs=tuple(inputs),
         tee=_tee(doc["tee"]),
         flags=_flags(doc.get("flags", {})),
+        execution=_execution(doc["run"], doc["output"]),
     )
+
+
+def _execution(run: object, output: object) -> Execution:
+    if not isinstance(run, dict):
+        raise PolicyError("run: expected an object naming runtime, command, env, network, timeout")
+    unknown, missing = set(run) - _RUN, _RUN - {"platform"} - set(run)
+    if unknown or missing:
+        which = sorted(unknown)[0] if unknown else sorted(missing)[0]
+        raise PolicyError(
+            f"run: {'unknown' if unknown else 'missing'} field {which!r}; expected {sorted(_RUN)}"
+        )
+    if run["runtime"] not in ("process", "oci"):
+        raise PolicyError(f"run.runtime: expected 'process' or 'oci', found {run['runtime']!r}")
+    command = run["command"]
+    if not isinstance(command, list) or not all(isinstance(a, str) for a in command):
+        raise PolicyError("run.command: expected a list of strings (the argv template)")
+    env = run["env"]
+    if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
+        raise PolicyError("run.env: expected an object of NAME: string value")
+    if not isinstance(run["network"], str) or not run["network"]:
+        raise PolicyError(f"run.network: expected 'none', 'host' or a network name, found {run['network']!r}")
+    timeout = run["timeout"]
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= MAX_TIMEOUT:
+        raise PolicyError(f"run.timeout: expected seconds in (0, {MAX_TIMEOUT}], found {timeout!r}")
+    platform = run.get("platform")
+    if platform is not None and not isinstance(platform, str):
+        raise PolicyError(f"run.platform: expected OS/ARCH[/VARIANT] or null, found {platform!r}")
+    return Execution(
+        runtime=run["runtime"],
+        command=tuple(command),
+        env=tuple(sorted(env.items())),
+        network=run["network"],
+        timeout_ms=round(timeout * 1000),
+        platform=platform,
+        recipient=_recipient(output),
+    )
+
+
+def _recipient(output: object) -> str | None:
+    if not isinstance(output, dict) or set(output) != {"recipient"}:
+        raise PolicyError('output: expected {"recipient": "sha256:<key digest>" or null}')
+    value = output["recipient"]
+    if value is None:
+        return None
+    try:
+        return parse_digest(value, "output.recipient")
+    except Exception as exc:
+        raise PolicyError(str(exc)) from exc
 
 
 def _order(value: object) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from cryptography import x509
 
+from attestation.reference import Appraisal
 from loader.errors import InputError, LoaderError
 from loader.measure import format_for_kind, measure
 from loader.report import Report
@@ -28,10 +29,19 @@ class ReplayItem:
     recorded: str
     approved: str | None
     found: str
+    recorded_kind: str = ""
+    found_kind: str = ""
 
     @property
     def matches(self) -> bool:
-        return self.found == self.recorded
+        """Same digest and same kind: a file holding a directory's listing has the directory's
+        digest, but it is not the directory."""
+        return self.found == self.recorded and self.found_kind == self.recorded_kind
+
+    def difference(self) -> str:
+        if self.found_kind != self.recorded_kind:
+            return f"report has a {self.recorded_kind or 'missing'} input, found a {self.found_kind}"
+        return f"report has {self.recorded}, found {self.found}"
 
     @property
     def label(self) -> str:
@@ -67,13 +77,21 @@ def replay(
     at: dt.datetime | None = None,
     allow_mock: bool = False,
     allow_no_isolation: bool = False,
+    appraisal: Appraisal | None = None,
 ) -> tuple[Verification, list[ReplayItem]]:
     """Verify the report in full (as `report verify` does), then hash each input given.
 
     A signature alone proves nothing: anyone can sign a report with a key of their own. Only
     a report whose evidence binds its key vouches for the digests it records.
     """
-    check = verify_report(raw, ca=ca, at=at, allow_mock=allow_mock, allow_no_isolation=allow_no_isolation)
+    check = verify_report(
+        raw,
+        ca=ca,
+        at=at,
+        allow_mock=allow_mock,
+        allow_no_isolation=allow_no_isolation,
+        appraisal=appraisal,
+    )
     if not check.ok or check.report is None:
         return check, []
     report = check.report
@@ -82,10 +100,19 @@ def replay(
         role, name, path = parse_input_arg(arg)
         item = _recorded(report, role, name)
         try:
-            found = measure(path, format=format_for_kind(str(item["kind"]))).digest
+            found = measure(path, format=format_for_kind(str(item["kind"])))
         except InputError as exc:
             raise LoaderError(str(exc)) from exc
         items.append(
-            ReplayItem(role, str(item["name"]), path, str(item["digest"]), item["expected"], found)  # type: ignore[arg-type]
+            ReplayItem(
+                role,
+                str(item["name"]),
+                path,
+                str(item["digest"]),
+                item["expected"],  # type: ignore[arg-type]
+                found.digest,
+                str(item["kind"]),
+                found.kind,
+            )
         )
     return check, items

@@ -16,7 +16,9 @@ Payload fields (all keys text, no floats, times as RFC 3339 UTC strings):
              encrypted: null | {digest, size, grant} for a dataset that arrived encrypted: the
              ciphertext's digest and size and the grant file's digest; `digest` is then the
              plaintext's, or "" when the job aborted before it was decrypted
-  events     [{register, event, value: bstr(48)}]  runtime-register extensions, in order
+  run        {runtime, command: [text], env: {text: text}, network, timeout_ms, platform: null|text,
+              recipient: null|text}   how the configuration ran the engine and where its output
+              went (sha256 of the recipient key's SPKI); the decision compares it with the list's
   collateral {needed, sets, errors}              the platform's collateral (loader/collateral.py)
   events     [{register, event, value: bstr(48)}]  runtime-register extensions, in order; the last
              is "workload-start" when the engine ran (loader.boundary)
@@ -92,6 +94,15 @@ _SCHEMA: dict[str, Any] = {
     "evidence": _LIST,
     "policy": {"digest": _TEXT, "document": _BYTES, "signatures": _LIST, "signers": _LIST},
     "inputs": _LIST,
+    "run": {
+        "runtime": _TEXT,
+        "command": _LIST,
+        "env": _MAP,
+        "network": _TEXT,
+        "timeout_ms": _INT,
+        "platform": (type(None), _TEXT),
+        "recipient": (type(None), _TEXT),
+    },
     "events": _LIST,
     "collateral": _MAP,
     "rtmr3": (type(None), {"initial": _BYTES}),
@@ -214,6 +225,11 @@ def check_payload(payload: object) -> dict[str, Any]:
     for i, item in enumerate(payload["events"]):
         _check_map(item, _EVENT, f"events[{i}]")
     _check_containment(payload["containment"])
+    run = payload["run"]
+    if not all(isinstance(a, str) for a in run["command"]):
+        raise ReportError("report payload: run.command: expected text")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in run["env"].items()):
+        raise ReportError("report payload: run.env: expected text names and values")
     if payload["decision"]["verdict"] not in ("run", "abort"):
         raise ReportError("report payload: decision.verdict: expected 'run' or 'abort'")
     if not all(isinstance(r, str) for r in payload["decision"]["reasons"]):

@@ -9,6 +9,7 @@ claims are shown with their outcome; without one, nothing is labelled as verifie
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 import textwrap
 from dataclasses import dataclass
@@ -99,7 +100,7 @@ def _trust(verification: Any) -> Section:
     total = len(verification.checks)
     explain = {
         "verified": (
-            f"verified: all {total} checks passed; platform appraised: {verification.appraisal}",
+            f"verified: all {total} checks passed; platform appraised: {verification.appraisal.describe()}",
             "ok",
         ),
         "NOT verified": (f"NOT verified: {verification.reason()}", "bad"),
@@ -115,8 +116,8 @@ def _trust(verification: Any) -> Section:
     }
     text, tone = explain[state]
     rows = [Row("result", text, tone)]
-    if verification.at is not None:
-        rows.append(Row("checked at", f"{utc_seconds(verification.at)} (certificates, collateral)"))
+    if verification.checked_at is not None:
+        rows.append(Row("checked at", f"{utc_seconds(verification.checked_at)} (certificates, collateral)"))
     return Section("Trust", tuple(rows))
 
 
@@ -211,17 +212,29 @@ def _inputs(report: Report) -> Section:
     return Section("Inputs", tuple(rows) or (Row("inputs", "none measured", "bad"),))
 
 
+def _execution(report: Report) -> list[Row]:
+    """How the loader ran (or would have run) the engine: what the approved list consented to."""
+    run = report.payload["run"]
+    rows = [
+        Row("runtime", f"{run['runtime']}, network {run['network']}, timeout {run['timeout_ms'] / 1000:g} s"),
+        Row("command", json.dumps(run["command"])),
+    ]
+    rows += [Row("env", f"{k}={v}", "warn") for k, v in sorted(run["env"].items())]
+    rows.append(Row("recipient", run["recipient"] or "none: output in the clear"))
+    return rows
+
+
 def _workload(report: Report) -> Section:
     """parse_report checks the workload only as a map: every field is checked here."""
     wl = report.payload["workload"]
     if wl is None:
-        return Section("Workload", (Row("workload", "not run"),))
+        return Section("Workload", (Row("workload", "not run"), *_execution(report)))
     timed_out, code, ms, error = (wl.get(k) for k in ("timed_out", "exit_code", "ms", "error"))
     if not isinstance(timed_out, bool) or not isinstance(ms, int) or isinstance(ms, bool):
         return Section("Workload", (Row("workload", "malformed workload record", "bad"),))
     state = "timed out" if timed_out else f"exit {code}"
     ok = not timed_out and code == 0 and not error
-    rows = [Row("workload", f"{state} after {ms / 1000:.2f} s", "ok" if ok else "bad")]
+    rows = [Row("workload", f"{state} after {ms / 1000:.2f} s", "ok" if ok else "bad"), *_execution(report)]
     if error:
         rows.append(Row("error", str(error), "bad"))
     out = wl.get("output")

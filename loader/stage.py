@@ -58,10 +58,18 @@ class Measurement:
     seconds: float
 
 
+def staged_mode(role: str) -> int:
+    """Mode bits are not measured, so staging normalises them by role: every file of the engine
+    0500 (readable, executable), every file of a dataset or the config 0400. A bit flipped on
+    the original reaches nothing the engine sees (docs/consent.md)."""
+    return 0o500 if role == "engine" else 0o400
+
+
 def copy_file(
     src_fd: int, dest: Path, mode: int, meter: Meter | None = None, *, shown: str | Path = "input"
 ) -> tuple[bytes, int]:
-    """Copy `src_fd` to a new file `dest` (read-only when done), hashing in the same pass."""
+    """Copy `src_fd` to a new file `dest` (read-only when done), hashing in the same pass;
+    the copy is executable when `mode` has the owner-execute bit."""
     try:
         out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except OSError as exc:
@@ -74,23 +82,23 @@ def copy_file(
     return raw, size
 
 
-def _stage_file(src: Path, dest: Path, meter: Meter | None) -> Digest:
+def _stage_file(src: Path, dest: Path, mode: int, meter: Meter | None) -> Digest:
     fd = open_regular(src, shown=src)
     try:
-        raw, size = copy_file(fd, dest, os.fstat(fd).st_mode, meter, shown=src)
+        raw, size = copy_file(fd, dest, mode, meter, shown=src)
     finally:
         os.close(fd)
     return Digest("file", format_digest(raw), size, 1)
 
 
-def _stage_tree(src: Path, dest: Path, workers: int | None, meter: Meter | None) -> Digest:
+def _stage_tree(src: Path, dest: Path, mode: int, workers: int | None, meter: Meter | None) -> Digest:
     dest.mkdir(mode=0o700)
 
     def job(relpath: bytes, fd: int) -> tuple[bytes, int]:
         rel = os.fsdecode(relpath[2:])
         target = dest / rel
         target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        return copy_file(fd, target, os.fstat(fd).st_mode, meter, shown=src / rel)
+        return copy_file(fd, target, mode, meter, shown=src / rel)
 
     return measure_tree(src, job, workers=workers)
 
@@ -129,9 +137,9 @@ def stage_input(
 
         digest = oci.stage_image(spec.path, dest, platform=spec.platform, meter=meter)
     elif stat.S_ISREG(st.st_mode):
-        digest = _stage_file(spec.path, dest, meter)
+        digest = _stage_file(spec.path, dest, staged_mode(spec.role), meter)
     elif stat.S_ISDIR(st.st_mode):
-        digest = _stage_tree(spec.path, dest, workers, meter)
+        digest = _stage_tree(spec.path, dest, staged_mode(spec.role), workers, meter)
     else:
         raise InputError(f"{spec.path}: {spec.label} is not a regular file or directory")
     return Measurement(spec, digest, dest, time.monotonic() - start)

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from attestation import AttestationError, Evidence, Result, Trust, binding, verifier_for
 from attestation.nvidia import GPU_EVIDENCE_TYPES
+from attestation.reference import Appraisal, appraise
 from attestation.rtmr import event_value
 from certs.chain import verify_chain
 from certs.errors import CertsError
@@ -29,7 +30,7 @@ from loader.boundary import WORKLOAD_START
 from loader.collateral import DEFAULT_ACCEPT, report_checks
 from loader.decide import Measured, decide
 from loader.errors import PolicyError, ReportError
-from loader.policy import parse_policy
+from loader.policy import Execution, parse_policy
 from loader.report import Report, input_event, parse_report, parse_utc
 from loader.signing import check_signatures
 
@@ -51,10 +52,11 @@ class Verification:
     report: Report | None = None
     tcb: list[dict[str, Any]] = field(default_factory=list)
     at: dt.datetime | None = None
-    """The time the certificates and collateral were checked at (--at, or now)."""
-    appraisal: str | None = None
-    """Reference-value appraisal of the platform (issue 14): None when no reference values were
-    given, so the evidence is authentic but the platform was not compared with anything."""
+    """The time given with --at (every validity check uses it), or None."""
+    checked_at: dt.datetime | None = None
+    """The time the evidence and collateral were judged at (--at, or now)."""
+    appraisal: Appraisal = field(default_factory=Appraisal)
+    """What the verifier pins (attestation.reference): reference values, or --any-image."""
     allow_no_isolation: bool = False
 
     def add(self, name: str, passed: bool, detail: str) -> bool:
@@ -79,13 +81,11 @@ class Verification:
             return TRUST_REJECTED
         if self.is_mock:
             return TRUST_MOCK
-        return TRUST_NOT_APPRAISED if self.appraisal is None else TRUST_VERIFIED
+        return TRUST_NOT_APPRAISED if self.appraisal.reference is None else TRUST_VERIFIED
 
     def to_json(self) -> dict[str, Any]:
         return {
             "trust": self.trust(),
-            "appraisal": self.appraisal,
-            "at": self.at.isoformat() if self.at else None,
             "mock": self.is_mock,
             "ok": self.ok,
             "digest": self.report.digest if self.report else None,
@@ -94,6 +94,9 @@ class Verification:
             "tcb": self.tcb,
             "reason": None if self.ok else self.reason(),
             "allow_no_isolation": self.allow_no_isolation,
+            "appraisal": self.appraisal.to_json(),
+            "at": self.at.isoformat() if self.at else None,
+            "checked_at": self.checked_at.isoformat() if self.checked_at else None,
         }
 
 
@@ -105,7 +108,12 @@ def verify_report(
     allow_mock: bool = False,
     trust: Trust | None = None,
     allow_no_isolation: bool = False,
+    appraisal: Appraisal | None = None,
 ) -> Verification:
+    """Verify a report in full. `appraisal` pins the platform; None pins nothing, so no
+    evidence passes (fail closed) unless it says any_image. With `at`, every validity check
+    (evidence, certificate, policy signatures) uses it; otherwise evidence is judged now and the
+    certificate and signatures at the report's own times."""
     result = Verification(allow_no_isolation=allow_no_isolation)
     try:
         report = parse_report(raw)
@@ -114,15 +122,16 @@ def verify_report(
         return result
     result.report = report
     result.add("format", True, "COSE_Sign1, ES384, deterministic CBOR payload")
+    if at is not None and at.tzinfo is None:
+        at = at.replace(tzinfo=dt.UTC)  # as the command line reads a time without offset
     when = dt.datetime.now(dt.UTC) if at is None else at
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)  # as the command line reads a time without offset
-    result.at = when
+    result.at, result.checked_at, result.appraisal = at, when, appraisal or Appraisal()
+    result.add("time", True, _time_detail(report, when, at))
     trust = trust or Trust(allow_mock=allow_mock)
     if not check_signer(result, report):
         return result
-    _chain(result, report, ca)
-    _evidence(result, report, trust, when)
+    _chain(result, report, ca, at)
+    _evidence(result, report, trust, when, result.appraisal)
     report_at = at or parse_utc(report.payload["timestamps"]["decided"])
     result.tcb = report_checks(
         result.add,
@@ -132,7 +141,7 @@ def verify_report(
         fresh=trust.collateral,
         accept=tuple(trust.options.get("accept_tcb") or DEFAULT_ACCEPT),
     )
-    signature_reasons = _signatures(result, report)
+    signature_reasons = _signatures(result, report, at)
     _decision(result, report, signature_reasons)
     _events(result, report)
     _boundary(result, report)
@@ -180,6 +189,16 @@ def _containment(result: Verification, report: Report) -> None:
         )
 
 
+def _time_detail(report: Report, when: dt.datetime, at: dt.datetime | None) -> str:
+    if at is not None:
+        return f"every validity check at {at.isoformat()} (--at)"
+    started = report.payload["timestamps"]["started"]
+    return (
+        f"evidence at {when.isoformat()} (now); certificate at the report's finish "
+        f"{report.signed_at.isoformat()}; approved-list signatures at its start {started}"
+    )
+
+
 def check_signer(result: Verification, report: Report) -> bool:
     if not report.chain:
         return result.add("signer", False, "x5chain is empty")
@@ -222,9 +241,11 @@ def _extension(cert: x509.Certificate, kind: type[_Ext]) -> _Ext | None:
         return None
 
 
-def _chain_certificate(result: Verification, report: Report, ca: Sequence[x509.Certificate]) -> None:
+def _chain_certificate(
+    result: Verification, report: Report, ca: Sequence[x509.Certificate], at: dt.datetime | None
+) -> None:
     leaf, rest = report.chain[0], report.chain[1:]
-    signed_at = report.signed_at
+    signed_at = at or report.signed_at
     misuse = _signer_usage(leaf)
     if misuse:
         result.add("certificate", False, misuse)
@@ -260,9 +281,11 @@ def _chain_certificate(result: Verification, report: Report, ca: Sequence[x509.C
         result.add("certificate", False, "issued by a CA: pass --ca with that CA's certificate")
 
 
-def _chain(result: Verification, report: Report, ca: Sequence[x509.Certificate]) -> None:
+def _chain(
+    result: Verification, report: Report, ca: Sequence[x509.Certificate], at: dt.datetime | None
+) -> None:
     leaf = report.chain[0]
-    _chain_certificate(result, report, ca)
+    _chain_certificate(result, report, ca, at)
     try:
         bundle = decode_evidence_extension(leaf)
     except CertsError as exc:
@@ -283,7 +306,9 @@ def _chain(result: Verification, report: Report, ca: Sequence[x509.Certificate])
     )
 
 
-def _evidence(result: Verification, report: Report, trust: Trust, when: dt.datetime) -> None:
+def _evidence(
+    result: Verification, report: Report, trust: Trust, when: dt.datetime, appraisal: Appraisal
+) -> None:
     payload = report.payload
     try:
         items = [Evidence.from_cbor_obj(e) for e in payload["evidence"]]
@@ -316,6 +341,9 @@ def _evidence(result: Verification, report: Report, trust: Trust, when: dt.datet
             continue
         result.evidence.append(res)
         result.add(f"evidence[{i}]", res.ok, f"{ev.type}: verified" if res.ok else res.reason())
+        if res.ok:
+            for check in appraise(res, appraisal):
+                result.add(f"evidence[{i}].{check.name}", check.passed, f"{ev.type}: {check.detail}")
         _debug_flag(result, report, res, i)
 
 
@@ -328,11 +356,13 @@ def _debug_flag(result: Verification, report: Report, res: Result, index: int) -
         return
     if not flags.get("allow_debug"):
         result.add(
-            f"evidence[{index}].debug", False, "a debug TEE ran the workload; the approved list forbids it"
+            f"evidence[{index}].debug_consent",
+            False,
+            "a debug TEE ran the workload; the approved list forbids it",
         )
 
 
-def _signatures(result: Verification, report: Report) -> list[str]:
+def _signatures(result: Verification, report: Report, at: dt.datetime | None) -> list[str]:
     """Re-judge the embedded signature envelopes with the embedded signer keys."""
     from loader.errors import LoaderError
     from loader.partykeys import public_from_der
@@ -354,8 +384,8 @@ def _signatures(result: Verification, report: Report) -> list[str]:
         return []
     required = [s["name"] for s in policy["signers"] if s["required"]]
     envelopes = [(s["file"], s["cose"]) for s in policy["signatures"]]
-    at = parse_utc(report.payload["timestamps"]["started"])
-    check = check_signatures(policy["document"], envelopes, keys, required, at)
+    when = at or parse_utc(report.payload["timestamps"]["started"])
+    check = check_signatures(policy["document"], envelopes, keys, required, when)
     ran = report.payload["decision"]["verdict"] == "run"
     if check.reasons and ran:
         result.add("signatures", False, f"the report says run, but: {check.reasons[0]}")
@@ -386,13 +416,19 @@ def _decision(result: Verification, report: Report, signature_reasons: list[str]
     if policy.digest != payload["policy"]["digest"]:
         result.add("decision", False, "policy.digest is not the digest of policy.document")
         return
-    measured = [Measured(i["role"], i["name"], i["digest"]) for i in payload["inputs"] if i["digest"]]
+    measured = [
+        Measured(i["role"], i["name"], i["digest"], i["kind"]) for i in payload["inputs"] if i["digest"]
+    ]
     pending = [i["name"] for i in payload["inputs"] if i["encrypted"] is not None and not i["digest"]]
     if verdict == "run" and pending:
         result.add("decision", False, f"the report says run, but dataset {pending[0]!r} was never decrypted")
         return
     gpus = sum(1 for e in payload["evidence"] if isinstance(e, dict) and e.get("type") in GPU_TYPES)
-    derived = decide(policy, measured, payload["tee"], gpus=gpus, pending=pending) + signature_reasons
+    execution = execution_from_record(payload["run"])
+    derived = (
+        decide(policy, measured, payload["tee"], execution=execution, gpus=gpus, pending=pending)
+        + signature_reasons
+    )
     missing = [r for r in derived if r not in reasons]
     if verdict == "run" and derived:
         result.add("decision", False, f"the report says run, but: {derived[0]}")
@@ -400,6 +436,19 @@ def _decision(result: Verification, report: Report, signature_reasons: list[str]
         result.add("decision", False, f"a reason is missing from the report: {missing[0]}")
     else:
         result.add("decision", True, f"verdict {verdict!r} follows from the inputs and the approved list")
+
+
+def execution_from_record(record: dict[str, Any]) -> Execution:
+    """The configured execution a report records (its types checked by loader/report.py)."""
+    return Execution(
+        runtime=record["runtime"],
+        command=tuple(record["command"]),
+        env=tuple(sorted(record["env"].items())),
+        network=record["network"],
+        timeout_ms=record["timeout_ms"],
+        platform=record["platform"],
+        recipient=record["recipient"],
+    )
 
 
 def _timestamps(result: Verification, report: Report) -> None:

@@ -47,12 +47,23 @@ def make_job(
         f.write(f"{canary},40,5.5,3.1\n")
     if leaky or engine_source:
         paths["engine"].write_text(engine_source or LEAKY_ENGINE)
-    demo.write_policy(workdir, paths)
+    env = {"ENGINE_EXIT": str(engine_exit)} if engine_exit else {}
+    demo.write_policy(workdir, paths, run=demo.demo_run(env=env))
     config = demo.write_config(workdir, None)
     if engine_exit:
         env_line = f'env = {{ENGINE_EXIT = "{engine_exit}"}}'
         config.write_text(config.read_text().replace("timeout = 120", f"timeout = 120\n{env_line}"))
     return Job(workdir, config, canary)
+
+
+def approve_env(job: Job, env: dict[str, str]) -> None:
+    """Approve `env` in the job's list (run.env) as the configuration will set it."""
+    import json
+
+    path = job.workdir / "approved.json"
+    policy = json.loads(path.read_text())
+    policy["run"]["env"] = env
+    path.write_text(json.dumps(policy, indent=2) + "\n")
 
 
 def loader_env(**extra: str) -> dict[str, str]:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from loader import boot as boot_mod
+from loader import demo
 from loader.boot import EXIT_ABORTED, EXIT_ATTESTATION, EXIT_WORKLOAD, boot
 from loader.config import load_config
 from loader.report import parse_report
@@ -24,14 +25,18 @@ def report_json(path: Path) -> dict:
 def test_demo_report_verifies_only_with_allow_mock(demo_report: tuple[Path, bytes]) -> None:
     workdir, _ = demo_report
     report = workdir / "report.cbor"
-    ok = cli("report", "verify", report, "--allow-mock", "--json")
+    ref = workdir / "reference.json"
+    ok = cli("report", "verify", report, "--allow-mock", "--reference", ref, "--json")
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["ok"] is True
-    refused = cli("report", "verify", report)
+    refused = cli("report", "verify", report, "--reference", ref)
     assert refused.returncode == 1
     assert "mock" in refused.stdout.splitlines()[-1]  # the result is on stdout
     assert refused.stdout.splitlines()[-1].startswith(f"{report}: NOT verified (checked at ")
     assert "--allow-mock" in refused.stdout and "pass allow_mock" not in refused.stdout
+    unpinned = cli("report", "verify", report, "--allow-mock")
+    assert unpinned.returncode == 1
+    assert "mrtd, rtmr0, rtmr1, rtmr2 unpinned" in unpinned.stdout.splitlines()[-1]
     shown = report_json(report)
     assert shown["decision"] == {"verdict": "run", "reasons": []}
     assert shown["workload"]["exit_code"] == 0
@@ -65,6 +70,8 @@ def test_replay_then_tamper_then_run_aborts(tmp_path: Path) -> None:
         "replay",
         report,
         "--allow-mock",
+        "--reference",
+        workdir / "reference.json",
         "--input",
         f"dataset:lab={lab}",
         "--input",
@@ -109,7 +116,7 @@ def test_replay_then_tamper_then_run_aborts(tmp_path: Path) -> None:
     data = bytearray(csv.read_bytes())
     data[100] ^= 0x01
     csv.write_bytes(bytes(data))
-    bad = cli("replay", report, "--allow-mock", "--partial", "--input", f"dataset:lab={lab}")
+    bad = cli("replay", report, "--allow-mock", "--any-image", "--partial", "--input", f"dataset:lab={lab}")
     assert bad.returncode == 1
     assert "replay failed: dataset 'lab' differ(s)" in bad.stdout
 
@@ -123,7 +130,7 @@ def test_replay_then_tamper_then_run_aborts(tmp_path: Path) -> None:
     assert shown["decision"]["verdict"] == "abort"
     assert any("dataset 'lab'" in r for r in shown["decision"]["reasons"])
     assert shown["workload"] is None
-    verified = cli("report", "verify", out, "--allow-mock")
+    verified = cli("report", "verify", out, "--allow-mock", "--reference", workdir / "reference.json")
     assert verified.returncode == 0, verified.stderr
 
 
@@ -219,7 +226,7 @@ def test_unusable_staging_dir_still_gives_signed_abort(demo_dir: Path) -> None:
     outcome = boot(load_config(cfg))
     assert outcome.exit_code == EXIT_ABORTED
     assert outcome.reasons[0].startswith("staging: ")
-    assert verify_report(outcome.report, allow_mock=True).ok
+    assert verify_report(outcome.report, allow_mock=True, appraisal=demo.appraisal(demo_dir)).ok
 
 
 def test_unreadable_config_is_a_usage_error(tmp_path: Path) -> None:
@@ -253,13 +260,13 @@ def test_mock_never_chosen_unless_configured(demo_dir: Path) -> None:
     assert payload["evidence"] == []
     assert payload["decision"]["verdict"] == "abort"
     assert any(r.startswith("attestation:") for r in payload["decision"]["reasons"])
-    assert not verify_report(out.read_bytes(), allow_mock=True).ok
+    assert not verify_report(out.read_bytes(), allow_mock=True, appraisal=demo.appraisal(demo_dir)).ok
 
 
 def test_workload_timeout_is_killed_and_recorded(demo_dir: Path) -> None:
     engine = demo_dir / "inputs" / "engine"
     engine.write_text("import time\ntime.sleep(60)\n")
-    _reapprove(demo_dir)
+    _reapprove(demo_dir, run=demo.demo_run(timeout=1))
     cfg = demo_dir / "loader.toml"
     cfg.write_text(cfg.read_text().replace("timeout = 120", "timeout = 1"))
     outcome = boot(load_config(cfg))
@@ -277,9 +284,7 @@ def test_failing_workload_exit_code_recorded(demo_dir: Path) -> None:
     assert parse_report(outcome.report).payload["workload"]["exit_code"] == 7
 
 
-def _reapprove(workdir: Path) -> None:
-    from loader import demo
-
+def _reapprove(workdir: Path, run: dict | None = None) -> None:
     demo.write_policy(
         workdir,
         {
@@ -287,4 +292,5 @@ def _reapprove(workdir: Path) -> None:
             "config": workdir / "inputs" / "config.json",
             **{f"dataset:{n}": workdir / "inputs" / "datasets" / n for n in demo.DATASETS},
         },
+        run=run,
     )

@@ -19,7 +19,7 @@ import attestation
 from attestation import binding
 from attestation.evidence import Check, Evidence, Result
 from attestation.mock.attester import MOCK_MRTD
-from certs.ca import CLOCK_SKEW, EnrollmentRequest, Refusal, init_ca_dir
+from certs.ca import CLOCK_SKEW, EnrollmentRequest, Refusal, init_ca_dir, write_mock_reference
 from certs.chain import verify_chain
 from certs.csr import CsrError, build_csr, parse_csr
 from certs.errors import CertsError, ChainError
@@ -288,7 +288,12 @@ class _FakeGpuVerifier:
     def verify(self, evidence, *, expected_report_data, trust, at):
         same = evidence.data == expected_report_data
         checks = (Check("format", True, "fake"), Check("report_data", same, "gpu nonce"))
-        return Result("mock-gpu", checks, {"gpu": "fake"}, report_data=evidence.data, is_mock=True)
+        claims = {
+            "gpu": "fake",
+            "driver_version": "0.0.0",
+            "vbios_version": "00.00.00.00.00",
+        }  # the mock GPU's
+        return Result("mock-gpu", checks, claims, report_data=evidence.data, is_mock=True)
 
 
 def test_gpu_evidence_is_bound_through_the_cpu_report_data(mock_ca, cvm, monkeypatch):
@@ -450,7 +455,12 @@ def test_malformed_policies_are_rejected_with_a_reason(tmp_path, text, needle):
 def test_default_policy_loads_and_matches_the_mock_flag(tmp_path, allow_mock):
     path = tmp_path / "policy.toml"
     path.write_text(default_policy_text(allow_mock=allow_mock))
+    if allow_mock:  # `ca init --allow-mock` writes the mock platform's reference values beside it
+        with pytest.raises(CertsError, match=r"attestation\.reference: .*reference\.json: cannot read"):
+            load_policy(path)
+        write_mock_reference(tmp_path / "reference.json")
     policy = load_policy(path)
+    assert (policy.reference is not None) is allow_mock
     assert policy.allow_mock is allow_mock
     assert ("mock" in policy.allowed_types) is allow_mock
     assert {"tdx", "sev-snp", "nvidia"} <= policy.allowed_types

@@ -82,17 +82,30 @@ def test_demo_enrolls_and_its_report_verifies_only_with_that_ca(ca_server, tmp_p
     assert f"enrolled at {url}" in demo.stdout
 
     report = workdir / "report.cbor"
-    ok = _loader("report", "verify", str(report), "--ca", str(ca_dir / "ca.pem"), "--allow-mock", "--json")
+    ref = str(workdir / "reference.json")
+    ok = _loader(
+        "report",
+        "verify",
+        str(report),
+        "--ca",
+        str(ca_dir / "ca.pem"),
+        "--allow-mock",
+        "--reference",
+        ref,
+        "--json",
+    )
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert '"name": "certificate"' in ok.stdout and "issued by the given CA" in ok.stdout
 
     other = tmp_path / "other"
     assert _loader("ca", "init", "--dir", str(other), "--allow-mock").returncode == 0
-    bad = _loader("report", "verify", str(report), "--ca", str(other / "ca.pem"), "--allow-mock")
+    bad = _loader(
+        "report", "verify", str(report), "--ca", str(other / "ca.pem"), "--allow-mock", "--reference", ref
+    )
     assert bad.returncode == 1
     assert "does not chain to the given CA" in bad.stdout
 
-    no_ca = _loader("report", "verify", str(report), "--allow-mock")
+    no_ca = _loader("report", "verify", str(report), "--allow-mock", "--reference", ref)
     assert no_ca.returncode == 1 and "pass --ca" in no_ca.stdout
 
     shown = _loader("report", "show", str(report), "--json")
@@ -113,7 +126,9 @@ def test_ca_without_allow_mock_refuses_and_the_workload_never_runs(ca_server, tm
     report = workdir / "report.cbor"
     shown = _loader("report", "show", str(report), "--json")
     assert '"verdict": "abort"' in shown.stdout and '"workload": null' in shown.stdout
-    strict = _loader("report", "verify", str(report), "--ca", str(ca_dir / "ca.pem"), "--allow-mock")
+    strict = _loader(
+        "report", "verify", str(report), "--ca", str(ca_dir / "ca.pem"), "--allow-mock", "--any-image"
+    )
     assert strict.returncode == 1  # the abort report is self-issued, not certified by the CA
 
 

@@ -197,7 +197,10 @@ def test_staged_tree_is_byte_identical_and_digest_matches(tmp_path: Path, worker
         staged = m.staged / p.relative_to(src)
         if p.is_file():
             assert staged.read_bytes() == p.read_bytes()
-            assert staged.stat().st_mode & 0o777 == (0o500 if p.name == "run.sh" else 0o400)
+            assert staged.stat().st_mode & 0o777 == 0o400  # normalised: a dataset runs nothing
+    engine = stage_input(InputSpec("engine", "engine", src), tmp_path / "staging2", workers=workers)
+    assert engine.digest.digest == m.digest.digest
+    assert {f.stat().st_mode & 0o777 for f in engine.staged.rglob("*") if f.is_file()} == {0o500}
 
 
 def test_staged_file_counts_bytes_in_meter(tmp_path: Path) -> None:

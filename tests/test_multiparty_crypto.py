@@ -300,18 +300,19 @@ def test_key_file_roundtrip(tmp_path):
     assert key.key.hex() not in repr(key)
 
 
-def test_grant_binds_dataset_engine_order_and_cvm(cvm):
+def test_grant_binds_dataset_approved_list_and_cvm(cvm):
     dek = grants.DatasetKey("lab", os.urandom(32))
-    raw = grants.create_grant(dek, cvm.public_key(), engine=ENGINE, order="o-1")
+    raw = grants.create_grant(dek, cvm.public_key(), policy=ENGINE)
     grant = grants.parse_grant(raw, "g")
-    mine = {"dataset": "lab", "engine": ENGINE, "order": "o-1"}
+    mine = {"dataset": "lab", "policy": ENGINE}
     assert grants.check_grant(grant, **mine, cvm_spki=_spki(cvm)) == []
     assert grants.unwrap_grant(grant, cvm, **mine) == dek.key
     other_cvm = ec.generate_private_key(ec.SECP384R1())
-    for field, value in (("dataset", "clinic"), ("engine", "sha256:" + "cd" * 32), ("order", "o-2")):
+    for field, value in (("dataset", "clinic"), ("policy", "sha256:" + "cd" * 32)):
         changed = {**mine, field: value}
         reasons = grants.check_grant(grant, **changed, cvm_spki=_spki(cvm))
-        assert len(reasons) == 1 and f"made for {field}" in reasons[0]
+        what = {"dataset": "dataset", "policy": "approved list"}[field]
+        assert len(reasons) == 1 and f"made for {what}" in reasons[0]
         with pytest.raises(TrustError, match="does not open"):
             grants.unwrap_grant(grant, cvm, **changed)
     assert "made for CVM key" in grants.check_grant(grant, **mine, cvm_spki=_spki(other_cvm))[0]
@@ -321,8 +322,8 @@ def test_grant_binds_dataset_engine_order_and_cvm(cvm):
 
 def test_every_bit_flip_of_a_grant_is_rejected(cvm):
     dek = grants.DatasetKey("lab", os.urandom(32))
-    raw = grants.create_grant(dek, cvm.public_key(), engine=ENGINE, order="o-1")
-    mine = {"dataset": "lab", "engine": ENGINE, "order": "o-1"}
+    raw = grants.create_grant(dek, cvm.public_key(), policy=ENGINE)
+    mine = {"dataset": "lab", "policy": ENGINE}
     for i in range(len(raw) * 8):
         bad = bytearray(raw)
         bad[i // 8] ^= 1 << (i % 8)
@@ -339,9 +340,7 @@ def test_every_bit_flip_of_a_grant_is_rejected(cvm):
 def test_grant_refuses_a_non_p384_cvm_key():
     dek = grants.DatasetKey("lab", os.urandom(32))
     with pytest.raises(TrustError, match="P-384"):
-        grants.create_grant(
-            dek, ec.generate_private_key(ec.SECP256R1()).public_key(), engine=ENGINE, order=""
-        )
+        grants.create_grant(dek, ec.generate_private_key(ec.SECP256R1()).public_key(), policy=ENGINE)
 
 
 # --- sealed outputs --------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """End to end: two data owners, an engine author and an order owner, on the mock TEE.
 
-It runs when all approve; it aborts when a data owner's signature is missing, when the engine
-digest differs from the one the grants name, when a grant was made for another CVM key (and in
+It runs when all approve; it aborts when a data owner's signature is missing, when the grants
+name another approved list, when a grant was made for another CVM key (and in
 the other abort cases below); in every abort no dataset is decrypted: the decryption function is
 never reached, no plaintext is in staging when it is wiped, and the report says so.
 """
@@ -29,6 +29,7 @@ from loader.seal import open_sealed
 from loader.signing import sign_policy
 from loader.spool import atomic_write
 from loader.verify import verify_report
+from tests.appraisal_helpers import MOCK
 from tests.multiparty_helpers import (
     build,
     edit_config,
@@ -52,7 +53,7 @@ def _assert_nothing_decrypted(outcome, probe, workdir: Path) -> None:
     assert payload["workload"] is None
     assert all(i["digest"] == "" for i in payload["inputs"] if i["encrypted"] is not None)
     assert not (workdir / "output").exists() or not any((workdir / "output").iterdir())
-    check = verify_report(outcome.report, allow_mock=True)
+    check = verify_report(outcome.report, allow_mock=True, appraisal=MOCK)
     assert check.ok, check.reason()
 
 
@@ -81,7 +82,7 @@ def test_runs_when_all_approve_and_only_the_owner_opens_the_output(tmp_path, mon
             assert item["encrypted"]["digest"] == "sha256:" + hashlib.sha256(enc.read_bytes()).hexdigest()
             grant = tmp_path / "grants" / f"{item['name']}.grant"
             assert item["encrypted"]["grant"] == "sha256:" + hashlib.sha256(grant.read_bytes()).hexdigest()
-    check = verify_report(outcome.report, allow_mock=True)
+    check = verify_report(outcome.report, allow_mock=True, appraisal=MOCK)
     assert check.ok, check.reason()
     assert ("signatures", True) in [(n, p) for n, p, _ in check.checks]
 
@@ -114,15 +115,15 @@ def test_aborts_when_a_data_owner_did_not_sign(tmp_path, monkeypatch):
     _assert_nothing_decrypted(outcome, probe, tmp_path)
 
 
-def test_aborts_when_the_grants_name_another_engine(tmp_path, monkeypatch):
+def test_aborts_when_the_grants_name_another_approved_list(tmp_path, monkeypatch):
     probe = install_probe(monkeypatch)
     config = build(tmp_path)
-    other = "sha256:" + hashlib.sha256(b"another engine").hexdigest()
+    other = "sha256:" + hashlib.sha256(b"another approved list").hexdigest()
     outcome, errors = run_with_agents(
-        config, tmp_path, lambda: demo.owners_grant(tmp_path, timeout=20, engine=other)
+        config, tmp_path, lambda: demo.owners_grant(tmp_path, timeout=20, policy=other)
     )
     assert errors == []
-    found = reasons_matching(outcome, rf"grant for dataset '(lab|clinic)': made for engine {other}")
+    found = reasons_matching(outcome, rf"grant for dataset '(lab|clinic)': made for approved list {other}")
     assert len(found) == 2
     _assert_nothing_decrypted(outcome, probe, tmp_path)
 
@@ -149,12 +150,11 @@ def _grants_to(workdir: Path, cert_pem: bytes | None = None, tamper: str | None 
     cert_pem = cert_pem or cert.read_bytes()
     approved = load_policy(workdir / "approved.json")
     identity = verify_cvm_certificate(
-        load_chain(cert_pem, "CVM"), what="CVM", at=dt.datetime.now(dt.UTC), allow_mock=True
+        load_chain(cert_pem, "CVM"), what="CVM", at=dt.datetime.now(dt.UTC), allow_mock=True, appraisal=MOCK
     )
     for name in demo.DATASETS:
         key = load_key_file(workdir / "parties" / name / "dataset.key")
-        engine = approved.find("engine", "engine").digest
-        grant = bytearray(create_grant(key, identity.public_key, engine=engine, order=approved.order))
+        grant = bytearray(create_grant(key, identity.public_key, policy=approved.digest))
         if name == tamper:
             grant[-5] ^= 0x01  # inside `wrapped`, the last field of the canonical map
         (workdir / "grants").mkdir(exist_ok=True)
@@ -252,7 +252,7 @@ def test_report_verify_re_judges_the_embedded_signatures(tmp_path):
     assert outcome.verdict == "run"
     payload = parse_report(outcome.report).payload
 
-    control = verify_report(_resign(payload, lambda p: None), allow_mock=True)
+    control = verify_report(_resign(payload, lambda p: None), allow_mock=True, appraisal=MOCK)
     assert control.ok, control.reason()
 
     def drop_clinic(p: dict) -> None:  # type: ignore[type-arg]
@@ -269,7 +269,7 @@ def test_report_verify_re_judges_the_embedded_signatures(tmp_path):
         p["policy"]["signers"][0]["key"] = spki(generate("p384").public_key())
 
     for mutate, expected in ((drop_clinic, "'clinic'"), (flip, "does not verify"), (swap_key, "")):
-        check = verify_report(_resign(payload, mutate), allow_mock=True)
+        check = verify_report(_resign(payload, mutate), allow_mock=True, appraisal=MOCK)
         failed = [(n, d) for n, ok, d in check.checks if not ok]
         assert failed[0][0] == "signatures" and expected in failed[0][1], failed
         assert {n for n, _ in failed} <= {"signatures", "decision"}, failed
@@ -356,6 +356,8 @@ def test_command_line_three_party_flow(tmp_path):
             "approved.json",
             "--out",
             "grants/lab.grant",
+            "--reference",
+            "reference.json",
             cwd=tmp_path,
         )
         assert refused.returncode == 1 and "mock" in refused.stderr  # mock evidence needs --allow-mock
@@ -372,6 +374,8 @@ def test_command_line_three_party_flow(tmp_path):
                 "--out",
                 f"grants/{name}.grant",
                 "--allow-mock",
+                "--reference",
+                "reference.json",
                 cwd=tmp_path,
             )
             assert made.returncode == 0, made.stderr
@@ -393,6 +397,9 @@ def test_command_line_three_party_flow(tmp_path):
         "mine",
         "--report",
         "report.cbor",
+        "--allow-mock",
+        "--reference",
+        "reference.json",
         cwd=tmp_path,
     )
     assert opened.returncode == 0, opened.stderr
@@ -406,7 +413,9 @@ def test_command_line_three_party_flow(tmp_path):
     )
     assert bad.returncode == 1 and "does not authenticate" in bad.stderr
     assert not (tmp_path / "t").exists()
-    verify = _cli("report", "verify", "report.cbor", "--allow-mock", cwd=tmp_path)
+    verify = _cli(
+        "report", "verify", "report.cbor", "--allow-mock", "--reference", "reference.json", cwd=tmp_path
+    )
     assert verify.returncode == 0, verify.stderr
 
 
@@ -415,5 +424,5 @@ def test_demo_with_parties_runs_and_opens_the_sealed_output(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "output sealed to the order owner" in done.stdout
     assert "pooled age: n=400" in done.stdout
-    assert "OK (mock TEE explicitly allowed)" in done.stdout
+    assert "OK (mock TEE explicitly allowed, platform pinned)" in done.stdout
     assert (tmp_path / "d" / "opened" / "output" / "results.json").is_file()

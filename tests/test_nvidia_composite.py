@@ -30,6 +30,7 @@ from loader.errors import ConfigError
 from loader.keys import EphemeralKey
 from loader.report import parse_report, sign_report
 from loader.verify import verify_report
+from tests.appraisal_helpers import MOCK
 from tests.conftest import cli
 from tests.fake_nvml import mock_nvml, vector_nvml
 
@@ -51,13 +52,14 @@ def test_mock_cpu_and_mock_gpu_end_to_end(demo_dir: Path) -> None:
     assert run.returncode == 0, run.stderr
     shown = json.loads(cli("report", "show", report, "--json").stdout)
     assert [e["type"] for e in shown["evidence"]] == ["mock", "mock-gpu"]
-    verified = cli("report", "verify", report, "--allow-mock", "--json")
+    ref = demo_dir / "reference.json"
+    verified = cli("report", "verify", report, "--allow-mock", "--reference", ref, "--json")
     assert verified.returncode == 0, verified.stderr
     out = json.loads(verified.stdout)
     assert out["ok"] is True
     assert [e["type"] for e in out["evidence"]] == ["mock", "mock-gpu"]
     assert all(e["ok"] for e in out["evidence"])
-    refused = cli("report", "verify", report)
+    refused = cli("report", "verify", report, "--reference", ref)
     assert refused.returncode == 1  # both are mock: refused without --allow-mock
 
 
@@ -104,12 +106,12 @@ def test_the_cpu_report_data_binds_the_gpu_evidence(bound_run) -> None:
     payload = parse_report(raw).payload
     spki, nonce = payload["key"]["spki"], payload["nonce"]
     assert cpu.type == "mock" and gpu.type == "mock-gpu"
-    result = verify_report(raw, allow_mock=True)
+    result = verify_report(raw, allow_mock=True, appraisal=MOCK)
     assert result.ok, result.reason()
     assert result.evidence[0].report_data == binding.report_data(spki, nonce, [gpu])
     assert result.evidence[1].report_data == binding.gpu_nonce(spki, nonce)
     # The harness itself: re-signing the same evidence still verifies.
-    assert verify_report(resign(raw, key, [cpu, gpu]), allow_mock=True).ok
+    assert verify_report(resign(raw, key, [cpu, gpu]), allow_mock=True, appraisal=MOCK).ok
 
 
 def test_swapping_in_another_valid_gpu_report_breaks_the_cpu_binding(bound_run) -> None:
@@ -119,7 +121,7 @@ def test_swapping_in_another_valid_gpu_report_breaks_the_cpu_binding(bound_run) 
     # A fresh, individually valid report from the mock GPU for the very same GPU nonce.
     (other,) = MockGpuAttester().collect_all(binding.gpu_nonce(payload["key"]["spki"], payload["nonce"]))
     assert other.data != gpu.data
-    result = verify_report(resign(raw, key, [cpu, other]), allow_mock=True)
+    result = verify_report(resign(raw, key, [cpu, other]), allow_mock=True, appraisal=MOCK)
     failed = {n: d for n, (p, d) in checks(result).items() if not p}
     assert list(failed) == ["evidence[0]"]
     assert "report_data" in failed["evidence[0]"]
@@ -128,7 +130,7 @@ def test_swapping_in_another_valid_gpu_report_breaks_the_cpu_binding(bound_run) 
 def test_dropping_the_gpu_evidence_breaks_the_cpu_binding(bound_run) -> None:
     raw, key = bound_run
     cpu, _ = evidence_of(raw)
-    result = verify_report(resign(raw, key, [cpu]), allow_mock=True)
+    result = verify_report(resign(raw, key, [cpu]), allow_mock=True, appraisal=MOCK)
     assert [n for n, (p, _) in checks(result).items() if not p] == ["evidence[0]"]
 
 
@@ -137,7 +139,7 @@ def test_a_cpu_report_that_does_not_bind_the_gpu_is_rejected(bound_run) -> None:
     _, gpu = evidence_of(raw)
     payload = parse_report(raw).payload
     unbound = MockAttester().collect(binding.report_data(payload["key"]["spki"], payload["nonce"], []))
-    result = verify_report(resign(raw, key, [unbound, gpu]), allow_mock=True)
+    result = verify_report(resign(raw, key, [unbound, gpu]), allow_mock=True, appraisal=MOCK)
     assert [n for n, (p, _) in checks(result).items() if not p] == ["evidence[0]"]
 
 
@@ -147,7 +149,7 @@ def test_gpu_evidence_from_another_run_is_rejected_even_when_rebound(bound_run) 
     spki, nonce = payload["key"]["spki"], payload["nonce"]
     (stale,) = MockGpuAttester().collect_all(binding.gpu_nonce(spki, os.urandom(32)))
     rebound = MockAttester().collect(binding.report_data(spki, nonce, [stale]))
-    result = verify_report(resign(raw, key, [rebound, stale]), allow_mock=True)
+    result = verify_report(resign(raw, key, [rebound, stale]), allow_mock=True, appraisal=MOCK)
     failed = {n: d for n, (p, d) in checks(result).items() if not p}
     assert list(failed) == ["evidence[1]"]
     assert "nonce" in failed["evidence[1]"]
@@ -161,7 +163,7 @@ def test_flipping_a_bit_of_either_evidence_breaks_report_verify(bound_run) -> No
         data = bytearray(items[target].data)
         data[len(data) // 2] ^= 0x01
         items[target] = Evidence(items[target].type, bytes(data), items[target].aux)
-        result = verify_report(resign(raw, key, items), allow_mock=True)
+        result = verify_report(resign(raw, key, items), allow_mock=True, appraisal=MOCK)
         assert not result.ok, target
         assert f"evidence[{target}]" in {n for n, (p, _) in checks(result).items() if not p}
 
@@ -189,7 +191,7 @@ def test_a_gpu_whose_report_has_the_wrong_nonce_aborts_the_job(demo_dir: Path, v
     assert outcome.exit_code == EXIT_ATTESTATION
     assert any("gpu" in r and "carries nonce" in r for r in outcome.reasons)
     assert [e["type"] for e in parse_report(outcome.report).payload["evidence"]] == ["mock"]
-    assert verify_report(outcome.report, allow_mock=True).ok  # an honest abort report
+    assert verify_report(outcome.report, allow_mock=True, appraisal=MOCK).ok  # an honest abort report
 
 
 def test_a_gpu_that_fails_verification_aborts_and_is_not_released(demo_dir: Path) -> None:
@@ -210,7 +212,7 @@ def test_require_gpu_without_gpu_evidence_aborts(demo_dir: Path) -> None:
     outcome = boot(load_config(demo_dir / "loader.toml"))
     assert outcome.exit_code == EXIT_ABORTED
     assert "gpu: the approved list requires GPU evidence and none was collected" in outcome.reasons
-    assert verify_report(outcome.report, allow_mock=True).ok
+    assert verify_report(outcome.report, allow_mock=True, appraisal=MOCK).ok
 
 
 def test_require_gpu_with_a_mock_gpu_runs(demo_dir: Path) -> None:
@@ -220,4 +222,4 @@ def test_require_gpu_with_a_mock_gpu_runs(demo_dir: Path) -> None:
     policy.write_text(json.dumps(doc))
     outcome = boot(load_config(with_gpu(demo_dir)))
     assert outcome.exit_code == 0, outcome.reasons
-    assert verify_report(outcome.report, allow_mock=True).ok
+    assert verify_report(outcome.report, allow_mock=True, appraisal=MOCK).ok

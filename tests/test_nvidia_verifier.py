@@ -210,12 +210,18 @@ def test_cli_verifies_the_real_report(vectors):
     proc = run_cli(
         str(vectors / REPORT), "--chain", str(vectors / CHAIN), "--nonce", REPORT_NONCE.hex(), "--json"
     )
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 1, proc.stderr  # genuine, but no image pinned and no RIM compared
     out = json.loads(proc.stdout)
-    assert out["ok"] is True and out["type"] == "nvidia"
-    assert [c["name"] for c in out["checks"]] == CHECKS
+    assert out["ok"] is False and out["type"] == "nvidia"
+    assert [c["name"] for c in out["checks"]] == [
+        *CHECKS,
+        "appraisal_reference",
+        "appraisal_debug",
+        "appraisal_tcb",
+    ]
+    assert [c["name"] for c in out["checks"] if not c["passed"]] == ["appraisal_reference", "appraisal_tcb"]
     assert out["report_data"] == REPORT_NONCE.hex()
-    assert "verified (nvidia)" in proc.stderr
+    assert "RIMs not compared" in {c["name"]: c["detail"] for c in out["checks"]}["appraisal_tcb"]
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,15 @@ def use_oci_engine(workdir: Path, runtime: Path | None, *, approve: bool = True)
     want = built.manifests["linux/amd64"]
     if approve:
         policy = json.loads((workdir / "approved.json").read_text())
-        policy["engine"]["digest"] = want
+        policy["engine"].update(kind="oci", digest=want)
+        policy["run"] = {
+            "runtime": "oci",
+            "command": ["--out", "{output}"],
+            "env": {},
+            "network": "none",
+            "timeout": 30,
+            "platform": "linux/amd64" if runtime is not None else None,
+        }
         (workdir / "approved.json").write_text(json.dumps(policy, indent=2))
     cfg = (workdir / "loader.toml").read_text()
     cfg = cfg.replace('engine = "inputs/engine"', 'engine = "inputs/image"')
@@ -57,6 +65,8 @@ def test_oci_engine_is_measured_run_and_replayable(demo_dir: Path, tmp_path: Pat
         demo_dir / "report.cbor",
         "--allow-mock",
         "--partial",
+        "--reference",
+        demo_dir / "reference.json",
         "--input",
         f"engine={demo_dir / 'inputs' / 'image'}",
     )
@@ -69,6 +79,9 @@ def test_oci_engine_with_process_runtime_aborts(demo_dir: Path) -> None:
     cfg = (demo_dir / "loader.toml").read_text().replace('runtime = "oci"\n', "")
     cfg = cfg.replace('command = ["--out", "{output}"]', 'command = ["/bin/true"]')
     (demo_dir / "loader.toml").write_text(cfg)
+    policy = json.loads((demo_dir / "approved.json").read_text())
+    policy["run"].update(runtime="process", command=["/bin/true"])  # approved as configured
+    (demo_dir / "approved.json").write_text(json.dumps(policy, indent=2))
     outcome = boot(load_config(demo_dir / "loader.toml"))
     assert outcome.verdict == "abort" and outcome.exit_code == 3
     assert any('runtime = "oci"' in r for r in outcome.reasons)

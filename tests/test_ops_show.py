@@ -23,6 +23,7 @@ from loader.keys import EphemeralKey
 from loader.report import Report, parse_report, sign_report
 from loader.show import plain, render_text
 from loader.verify import verify_report
+from tests.appraisal_helpers import MOCK
 from tests.ops_helpers import REPO, loader_env, make_job
 
 TEMPLATE_TAGS = {
@@ -94,7 +95,7 @@ def _parse_html(page: str) -> _Collector:
 
 def test_text_summary_has_verdict_inputs_evidence_claims_and_timings(report_raw: bytes) -> None:
     report = parse_report(report_raw)
-    text = render_text(report, verify_report(report_raw, allow_mock=True))
+    text = render_text(report, verify_report(report_raw, allow_mock=True, appraisal=MOCK))
     lines = text.splitlines()
     assert "MOCK REPORT" in lines[1]  # a mock report carries its banner first
     assert lines[4:6] == ["Trust:", lines[5]] and lines[5].startswith("  result        MOCK: all ")
@@ -129,7 +130,7 @@ def test_text_escapes_terminal_control_characters(report_raw: bytes) -> None:
 
 def test_html_escapes_hostile_report_fields(report_raw: bytes) -> None:
     forged = _resigned(report_raw, _hostile)
-    page = render_html(parse_report(forged), verify_report(forged, allow_mock=True))
+    page = render_html(parse_report(forged), verify_report(forged, allow_mock=True, appraisal=MOCK))
     assert "<script" not in page.lower() and "<img" not in page.lower()
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in page
     parsed = _parse_html(page)
@@ -188,7 +189,7 @@ def test_cli_html_to_file_and_json(report_raw: bytes, tmp_path: Path) -> None:
     path = tmp_path / "r.cbor"
     path.write_bytes(report_raw)
     out = tmp_path / "r.html"
-    done = _cli(str(path), "--html", "-o", str(out), "--allow-mock")
+    done = _cli(str(path), "--html", "-o", str(out), "--allow-mock", "--any-image")
     assert done.returncode == 0, done.stderr
     assert out.read_text().startswith("<!DOCTYPE html>")
     assert "MOCK: all" in out.read_text()

@@ -8,12 +8,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from loader.verify import verify_report
+from tests.appraisal_helpers import MOCK
 from tests.conftest import cli
 
 
 def test_untampered_report_verifies(demo_report: tuple[Path, bytes]) -> None:
     _, raw = demo_report
-    assert verify_report(raw, allow_mock=True).ok
+    assert verify_report(raw, allow_mock=True, appraisal=MOCK).ok
 
 
 def test_every_single_byte_flip_is_rejected(demo_report: tuple[Path, bytes]) -> None:
@@ -22,7 +23,7 @@ def test_every_single_byte_flip_is_rejected(demo_report: tuple[Path, bytes]) -> 
     for pos in range(len(raw)):
         tampered = bytearray(raw)
         tampered[pos] ^= 0x01
-        if verify_report(bytes(tampered), allow_mock=True).ok:
+        if verify_report(bytes(tampered), allow_mock=True, appraisal=MOCK).ok:
             accepted.append(pos)
     assert accepted == [], f"tampered reports accepted at byte positions {accepted[:10]}"
 
@@ -34,14 +35,14 @@ def test_any_byte_value_change_is_rejected(demo_report: tuple[Path, bytes], data
     pos = data.draw(st.integers(0, len(raw) - 1))
     value = data.draw(st.integers(0, 255).filter(lambda v: v != raw[pos]))
     tampered = raw[:pos] + bytes([value]) + raw[pos + 1 :]
-    assert not verify_report(tampered, allow_mock=True).ok
+    assert not verify_report(tampered, allow_mock=True, appraisal=MOCK).ok
 
 
 def test_every_truncation_is_rejected(demo_report: tuple[Path, bytes]) -> None:
     _, raw = demo_report
     for cut in range(len(raw)):
-        assert not verify_report(raw[:cut], allow_mock=True).ok, cut
-    assert not verify_report(raw + b"\x00", allow_mock=True).ok
+        assert not verify_report(raw[:cut], allow_mock=True, appraisal=MOCK).ok, cut
+    assert not verify_report(raw + b"\x00", allow_mock=True, appraisal=MOCK).ok
 
 
 def test_cli_rejects_tampered_and_truncated_with_one_line(
@@ -57,7 +58,7 @@ def test_cli_rejects_tampered_and_truncated_with_one_line(
     for name, blob in cases.items():
         path = tmp_path / f"{name}.cbor"
         path.write_bytes(blob)
-        res = cli("report", "verify", path, "--allow-mock")
+        res = cli("report", "verify", path, "--allow-mock", "--any-image")
         assert res.returncode == 1, (name, res.stderr)
         assert "Traceback" not in res.stderr
         assert res.stdout.splitlines()[-1].startswith(f"{path}: NOT verified")

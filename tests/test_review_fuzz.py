@@ -22,6 +22,7 @@ from attestation.mock.attester import MockAttester
 from attestation.nvidia import spdm
 from attestation.tdx import quote
 from loader.verify import verify_report
+from tests.appraisal_helpers import MOCK
 from tests.nvidia_helpers import CHAIN, REPORT, REPORT_NONCE
 from tests.review_helpers import base_payload, forge
 
@@ -144,4 +145,4 @@ def test_report_verify_never_raises_on_hostile_evidence(
         return [{"type": kind, "data": blob, "aux": {"chain": blob, "vcek": blob}}]
 
     raw = forge(template, evidence=evidence, mutate=lambda p: p.__setitem__("tee", cpu))
-    assert not verify_report(raw, allow_mock=True).ok
+    assert not verify_report(raw, allow_mock=True, appraisal=MOCK).ok

@@ -24,6 +24,7 @@ from loader.keys import EphemeralKey
 from loader.replay import replay
 from loader.report import CONTENT_TYPE, parse_report, utc_text
 from loader.verify import verify_report
+from tests.appraisal_helpers import MOCK
 from tests.conftest import cli
 from tests.review_helpers import base_payload, ca_certificate, checks_of, der, forge, leaf_certificate
 
@@ -35,8 +36,8 @@ def template(demo_report: tuple[Path, bytes]) -> dict[str, Any]:
 
 def test_forged_baseline_verifies_only_with_allow_mock(template: dict[str, Any]) -> None:
     raw = forge(template)
-    assert verify_report(raw, allow_mock=True).ok
-    refused = verify_report(raw)
+    assert verify_report(raw, allow_mock=True, appraisal=MOCK).ok
+    refused = verify_report(raw, appraisal=MOCK)
     assert not refused.ok
     assert "mock_allowed" in refused.reason() or "mock" in refused.reason()
 
@@ -61,8 +62,10 @@ def test_replay_rejects_a_report_without_valid_evidence(template: dict[str, Any]
 
 def test_replay_rejects_mock_evidence_unless_allowed(template: dict[str, Any]) -> None:
     raw = forge(template)
-    assert not replay(raw, [])[0].ok
-    assert replay(raw, [], allow_mock=True)[0].ok
+    assert not replay(raw, [], appraisal=MOCK)[0].ok
+    assert replay(raw, [], allow_mock=True, appraisal=MOCK)[0].ok
+    unpinned = replay(raw, [], allow_mock=True)[0]
+    assert not unpinned.ok and "unpinned" in unpinned.reason()
 
 
 # --- hostile CBOR must become a format failure, never an exception --------------------------
@@ -147,7 +150,7 @@ def _mock_created(created: int):  # type: ignore[no-untyped-def]
 def test_mock_evidence_with_absurd_time_is_rejected_not_raised(
     template: dict[str, Any], created: int
 ) -> None:
-    result = verify_report(forge(template, evidence=_mock_created(created)), allow_mock=True)
+    result = verify_report(forge(template, evidence=_mock_created(created)), allow_mock=True, appraisal=MOCK)
     assert not result.ok
     assert "evidence[0]" in result.reason()
 
@@ -159,7 +162,7 @@ def test_self_issued_leaf_that_is_a_ca_is_rejected(template: dict[str, Any]) -> 
     raw = forge(
         template, chain=lambda key, bundle, at: [der(leaf_certificate(key.private, bundle, at, ca=True))]
     )
-    result = verify_report(raw, allow_mock=True)
+    result = verify_report(raw, allow_mock=True, appraisal=MOCK)
     assert checks_of(result)["certificate"][0] is False
 
 
@@ -169,7 +172,7 @@ def test_self_issued_chain_with_extra_certificates_is_rejected(template: dict[st
     def chain(key: EphemeralKey, bundle: dict[str, Any], at: dt.datetime) -> list[bytes]:
         return [der(leaf_certificate(key.private, bundle, at)), der(stranger)]
 
-    result = verify_report(forge(template, chain=chain), allow_mock=True)
+    result = verify_report(forge(template, chain=chain), allow_mock=True, appraisal=MOCK)
     assert checks_of(result)["certificate"][0] is False
 
 
@@ -181,8 +184,8 @@ def test_ca_chain_with_unrelated_extra_certificate_is_rejected(template: dict[st
         return [der(leaf_certificate(key.private, bundle, at, issuer=(ca.subject, ca_key))), der(stranger)]
 
     good = forge(template, chain=lambda k, b, at: chain(k, b, at)[:1])
-    assert verify_report(good, ca=[ca], allow_mock=True).ok
-    result = verify_report(forge(template, chain=chain), ca=[ca], allow_mock=True)
+    assert verify_report(good, ca=[ca], allow_mock=True, appraisal=MOCK).ok
+    result = verify_report(forge(template, chain=chain), ca=[ca], allow_mock=True, appraisal=MOCK)
     assert checks_of(result)["certificate"][0] is False
 
 
@@ -194,7 +197,7 @@ def test_ca_issued_leaf_that_is_a_ca_is_rejected(template: dict[str, Any]) -> No
             der(leaf_certificate(key.private, bundle, at, ca=True, issuer=(ca.subject, ca_key)))
         ],
     )
-    result = verify_report(raw, ca=[ca], allow_mock=True)
+    result = verify_report(raw, ca=[ca], allow_mock=True, appraisal=MOCK)
     assert checks_of(result)["certificate"][0] is False
 
 
@@ -212,7 +215,7 @@ def _times(**moments: dt.datetime):  # type: ignore[no-untyped-def]
 def test_timestamps_out_of_order_are_rejected(template: dict[str, Any]) -> None:
     now = dt.datetime.now(dt.UTC)
     raw = forge(template, mutate=_times(started=now + dt.timedelta(hours=1), finished=now))
-    result = verify_report(raw, allow_mock=True)
+    result = verify_report(raw, allow_mock=True, appraisal=MOCK)
     assert checks_of(result)["timestamps"][0] is False
 
 
@@ -264,12 +267,12 @@ def test_two_cpu_evidences_are_rejected(template: dict[str, Any]) -> None:
     def two(report_data: bytes) -> list[dict[str, Any]]:
         return _mock_created(1)(report_data) * 2
 
-    result = verify_report(forge(template, evidence=two), allow_mock=True)
+    result = verify_report(forge(template, evidence=two), allow_mock=True, appraisal=MOCK)
     assert checks_of(result)["evidence"][0] is False
 
 
 def test_empty_evidence_is_rejected(template: dict[str, Any]) -> None:
-    result = verify_report(forge(template, evidence=lambda rd: []), allow_mock=True)
+    result = verify_report(forge(template, evidence=lambda rd: []), allow_mock=True, appraisal=MOCK)
     assert checks_of(result)["evidence"][0] is False
 
 
@@ -282,5 +285,5 @@ def test_evidence_for_another_key_is_rejected(template: dict[str, Any]) -> None:
         rd = binding.report_data(other.spki, bytes(32))
         return [MockAttester().collect(rd).to_cbor_obj()]
 
-    result = verify_report(forge(template, evidence=for_other), allow_mock=True)
+    result = verify_report(forge(template, evidence=for_other), allow_mock=True, appraisal=MOCK)
     assert not result.ok and "report_data" in result.reason()

@@ -290,7 +290,7 @@ def test_a_moved_run_records_staging_and_wipe_in_the_report(demo_dir: Path) -> N
     assert {i["staging"] for i in payload["inputs"]} == {"move"}
     assert payload["wipe"]["method"] == "overwrite" and payload["wipe"]["requested"] == "overwrite"
     assert payload["wipe"]["medium"] == "ext4" and payload["wipe"]["overwritten"] == payload["wipe"]["files"]
-    text = render_text(parse_report(outcome.report))
+    text = " ".join(render_text(parse_report(outcome.report)).split())  # long values wrap at 80 columns
     assert "moved into staging" in text and "by overwrite on ext4 (configured overwrite)" in text
     shown = json.loads(
         subprocess.run(

@@ -59,7 +59,15 @@ def test_subprocess_full_collateral_out_of_date_json(tmp_path):
         "tee_tcb_svn",
     }
     accepted = _run(
-        q, "--collateral", col, "--at", "2025-11-01", "--accept-tcb", "UpToDate,OutOfDate", "--json"
+        q,
+        "--collateral",
+        col,
+        "--at",
+        "2025-11-01",
+        "--accept-tcb",
+        "UpToDate,OutOfDate",
+        "--json",
+        "--any-image",
     )
     assert accepted.returncode == 0 and json.loads(accepted.stdout)["ok"] is True
     stale = _run(q, "--collateral", col, "--accept-tcb", "OutOfDate", "--json")
@@ -69,17 +77,49 @@ def test_subprocess_full_collateral_out_of_date_json(tmp_path):
 
 def test_no_collateral_says_tcb_not_evaluated(tmp_path, capsys):
     q = _quote(tmp_path, quote_bytes("go_v4"))
-    assert cli.main([q, "--at", "2023-07-01", "--json"]) == 0
+    assert cli.main([q, "--at", "2023-07-01", "--json", "--any-image"]) == 1
     out = json.loads(capsys.readouterr().out)
     assert out["tcb_status"] is None and out["claims"]["tcb_evaluated"] is False
+    failed = {c["name"]: c["detail"] for c in out["checks"] if not c["passed"]}
+    assert list(failed) == ["appraisal_tcb"] and "TCB not evaluated" in failed["appraisal_tcb"]
+    assert out["appraisal"]["any_image"] is True
     assert cli.main([q, "--at", "2023-07-01", "--require-collateral"]) == 1
 
 
-def test_up_to_date_with_crls(tmp_path, capsys):
+def test_up_to_date_with_crls_but_debug_refused_unless_allowed(tmp_path, capsys):
+    """trustee's tdx_quote_4.dat is a DEBUG TD: genuine, UpToDate, and refused by default."""
     q = _quote(tmp_path, quote_bytes("trustee_4"))
     col = str(_dir(tmp_path, go_v4_collateral()))
-    assert cli.main([q, "--collateral", col, "--at", "2023-07-01", "--require-crl"]) == 0
-    assert "verified (tdx, TCB UpToDate)" in capsys.readouterr().out
+    base = [q, "--collateral", col, "--at", "2023-07-01", "--require-crl", "--any-image"]
+    assert cli.main(base) == 1
+    assert "appraisal_debug: a debug TEE" in capsys.readouterr().out
+    assert cli.main([*base, "--allow-debug"]) == 0
+    err = capsys.readouterr().out
+    assert "verified (tdx, TCB UpToDate; ANY IMAGE ACCEPTED (--any-image))" in err
+    assert "DEBUG TEE accepted (--allow-debug)" in err
+
+
+def test_reference_values_pin_the_image(tmp_path, capsys):
+    from attestation.reference import FORMAT
+
+    q = _quote(tmp_path, quote_bytes("trustee_4"))
+    col = str(_dir(tmp_path, go_v4_collateral()))
+    assert (
+        cli.main([q, "--collateral", col, "--at", "2023-07-01", "--json", "--any-image", "--allow-debug"])
+        == 0
+    )
+    claims = json.loads(capsys.readouterr().out)["claims"]
+    names = ("mrtd", "rtmr0", "rtmr1", "rtmr2", "mrseam", "td_attributes", "xfam")
+    entry = {"name": "fleet-a", "type": "tdx", "values": {n: [claims[n]] for n in names}}
+    ref = tmp_path / "ref.json"
+    ref.write_text(json.dumps({"format": FORMAT, "platforms": [entry]}))
+    base = [q, "--collateral", col, "--at", "2023-07-01", "--allow-debug", "--reference", str(ref)]
+    assert cli.main(base) == 0
+    assert "matches platform 'fleet-a'" in capsys.readouterr().out
+    entry["values"]["mrtd"] = ["00" * 48, "11" * 48]  # an allowed set without this image
+    ref.write_text(json.dumps({"format": FORMAT, "platforms": [entry]}))
+    assert cli.main(base) == 1
+    assert "matches no tdx platform: 'fleet-a': mrtd" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
@@ -111,10 +151,18 @@ def test_root_override_and_report_data(tmp_path, capsys):
     ark = str(vectors_dir() / "snp" / "go-sev-guest" / "ask_ark_milan.pem")
     assert cli.main([q, "--root", ark]) == 1
     intel = str(vectors_dir() / "tdx" / "intel" / "TrustedRootCA.der")
-    assert cli.main([q, "--root", intel]) == 0
+    capsys.readouterr()
+    assert cli.main([q, "--root", intel, "--json", "--any-image"]) == 1  # genuine; TCB not evaluated
+    assert _failed(capsys) == ["appraisal_tcb"]
     rd = (
         "26cae1c77185617fb6a03fc29bf1f924596e52352b9b7594940b576ae126cd4a570cc3202a900c5d19a6eb0a95b32cfd"
         + "00" * 16
     )
-    assert cli.main([q, "--report-data", rd]) == 0
-    assert cli.main([q, "--report-data", "00" * 64]) == 1
+    assert cli.main([q, "--report-data", rd, "--any-image", "--json"]) == 1
+    assert _failed(capsys) == ["appraisal_tcb"]
+    assert cli.main([q, "--report-data", "00" * 64, "--json"]) == 1
+    assert _failed(capsys) == ["report_data"]
+
+
+def _failed(capsys) -> list[str]:
+    return [c["name"] for c in json.loads(capsys.readouterr().out)["checks"] if not c["passed"]]

@@ -27,6 +27,13 @@ MOCK_MRTD = hashlib.sha384(b"trusted-loader mock firmware").digest()
 DEVICE = Path("dev/mock-tee")
 
 
+def reference_entry(name: str = "trusted-loader-mock") -> dict[str, object]:
+    """The reference-values entry (attestation/reference.py) of the mock platform as booted:
+    its firmware MRTD and RTMR0-3 before the loader extends RTMR3."""
+    values = {"mrtd": [MOCK_MRTD.hex()], **{f"rtmr{i}": [bytes(48).hex()] for i in range(4)}}
+    return {"name": name, "type": "mock", "values": values}
+
+
 class MockAttester:
     tee = "mock"
 

@@ -10,7 +10,7 @@ import datetime as dt
 import sys
 from pathlib import Path
 
-from attestation.clikit import EXIT_USAGE, add_common, emit, hex_arg, read_file, run_guarded
+from attestation.clikit import EXIT_USAGE, add_common, appraisal_of, emit, hex_arg, read_file, run_guarded
 from attestation.evidence import Evidence, Trust
 from attestation.nvidia.spdm import NONCE_LEN
 from attestation.nvidia.verifier import DEVICE_ROOT_KEY, RIM_PREFIX, RIM_ROOT_KEY, NvidiaVerifier
@@ -55,7 +55,7 @@ def _run(args: argparse.Namespace) -> int:
         trust=trust,
         at=args.at or dt.datetime.now(dt.UTC),
     )
-    return emit(result, as_json=args.json, source=str(args.report))
+    return emit(result, as_json=args.json, source=str(args.report), appraisal=appraisal_of(args))
 
 
 def main(argv: list[str], prog: str = "trusted-loader evidence verify --type nvidia") -> int:

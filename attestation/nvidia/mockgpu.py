@@ -125,6 +125,14 @@ def mock_measurement(index: int) -> bytes:
     return hashlib.sha384(b"trusted-loader mock GPU measurement %d" % index).digest()
 
 
+def reference_entry(name: str = "trusted-loader-mock-gpu") -> dict[str, object]:
+    """The reference-values entry (attestation/reference.py) of the mock GPU."""
+    from attestation.nvidia.opaque import format_vbios_version
+
+    values = {"driver_version": [MOCK_DRIVER], "vbios_version": [format_vbios_version(bytes(8))]}
+    return {"name": name, "type": "mock-gpu", "values": values}
+
+
 @dataclass
 class MockGpu:
     """One mock GPU: answers a nonce with a freshly signed report."""

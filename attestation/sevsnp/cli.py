@@ -64,7 +64,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--min-guest-svn", type=int, help="minimum GUEST_SVN")
     p.add_argument("--allow-debug", action="store_true", help="accept a guest policy that allows DEBUG")
     p.add_argument("--allow-migrate-ma", action="store_true", help="accept a guest policy with MIGRATE_MA")
-    clikit.add_common(p)
+    clikit.add_common(p, allow_debug=False)
     return p
 
 
@@ -110,7 +110,9 @@ def _run(args: argparse.Namespace) -> int:
     result = SnpVerifier().verify(
         Evidence(type="sev-snp", data=data), expected_report_data=args.report_data, trust=trust, at=at
     )
-    return clikit.emit(result, as_json=args.json, source=str(args.report))
+    return clikit.emit(
+        result, as_json=args.json, source=str(args.report), appraisal=clikit.appraisal_of(args)
+    )
 
 
 def _fetch(args: argparse.Namespace, data: bytes) -> dict[str, bytes]:

@@ -138,7 +138,9 @@ def main(argv: list[str], prog: str = "trusted-loader evidence verify --type tdx
         result = TdxVerifier().verify(
             Evidence("tdx", data), expected_report_data=expected, trust=trust, at=at
         )
-        return clikit.emit(result, as_json=args.json, source=str(args.quote))
+        return clikit.emit(
+            result, as_json=args.json, source=str(args.quote), appraisal=clikit.appraisal_of(args)
+        )
 
     return clikit.run_guarded(body, as_json=args.json)
 
