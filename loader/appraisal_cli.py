@@ -24,8 +24,21 @@ from loader.files import read_bounded
 
 def add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reference", type=Path, metavar="FILE", help="reference values to appraise against")
-    parser.add_argument("--reference-signer", action="append", default=[], metavar="NAME=PUB.pem")
-    parser.add_argument("--reference-signature", action="append", default=[], type=Path, metavar="SIG")
+    parser.add_argument(
+        "--reference-signer",
+        action="append",
+        default=[],
+        metavar="NAME=PUB.pem",
+        help="a publisher whose signature on the reference values is required (repeatable)",
+    )
+    parser.add_argument(
+        "--reference-signature",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="SIG",
+        help="a detached COSE signature over the reference values file (repeatable)",
+    )
     parser.add_argument(
         "--any-image", action="store_true", help="accept any platform image (no reference values)"
     )

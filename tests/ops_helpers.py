@@ -66,6 +66,21 @@ def approve_env(job: Job, env: dict[str, str]) -> None:
     path.write_text(json.dumps(policy, indent=2) + "\n")
 
 
+def approve_configured_run(config: Path) -> None:
+    """Make the approved list beside `config` consent to exactly the [run] it configures: for
+    tests whose subject is not consent but an engine with its own command line or timeout."""
+    import json
+
+    from loader.config import load_config
+
+    run = load_config(config).run
+    path = config.parent / "approved.json"
+    policy = json.loads(path.read_text())
+    policy["run"].update(command=list(run.command), env=dict(run.env), network=run.network)
+    policy["run"]["timeout"] = int(run.timeout) if run.timeout == int(run.timeout) else run.timeout
+    path.write_text(json.dumps(policy, indent=2) + "\n")
+
+
 def loader_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET" and not k.startswith("TL_")}
     env["PYTHONPATH"] = str(REPO)

@@ -83,6 +83,8 @@ def test_replay_then_tamper_then_run_aborts(tmp_path: Path) -> None:
         "replay",
         report,
         "--allow-mock",
+        "--reference",
+        workdir / "reference.json",
         "--partial",
         "--input",
         f"dataset:lab={lab}",
@@ -97,6 +99,8 @@ def test_replay_then_tamper_then_run_aborts(tmp_path: Path) -> None:
         "replay",
         report,
         "--allow-mock",
+        "--reference",
+        workdir / "reference.json",
         *(
             f"--input={arg}"
             for arg in (

@@ -44,7 +44,7 @@ def _quote(tmp_path: Path, name: str) -> str:
 
 
 def _tdx(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, dict, str]:
-    code = tdx_cli.main([*args, "--json"])
+    code = tdx_cli.main([*args, "--json", "--any-image", "--allow-debug"])  # appraisal: not the subject
     captured = capsys.readouterr()
     return code, json.loads(captured.out), captured.err
 
@@ -177,7 +177,10 @@ def test_kds_fetches_the_vcek_and_the_report_verifies_without_vcek(tmp_path, cap
     report.write_bytes(snp("virtee-sev/report_milan.bin"))
     served = Served(_kds_routes())
     with serving(served) as url:
-        code = snp_cli.main([str(report), "--kds-url", url, "--product", "milan", "--no-kds-crl", "--json"])
+        code = snp_cli.main(
+            [str(report), "--kds-url", url, "--product", "milan", "--no-kds-crl", "--json", "--any-image"]
+            + ["--min-tcb", "bl=0,tee=0,snp=0,ucode=0"]  # the TCB is judged (appraisal requires it)
+        )
     out = json.loads(capsys.readouterr().out)
     assert code == 0, out
     checks = {c["name"]: c["detail"] for c in out["checks"]}
@@ -291,8 +294,12 @@ def test_trusted_loader_evidence_verify_passes_pccs_url_through(tmp_path) -> Non
             url,
             "--at",
             "2023-07-01",
+            "--any-image",
+            "--allow-debug",
         )
-    assert res.returncode == 0 and res.stdout.rstrip().endswith("verified (tdx, TCB UpToDate)"), res
+    assert res.returncode == 0 and res.stdout.rstrip().endswith(
+        "verified (tdx, TCB UpToDate; ANY IMAGE ACCEPTED (--any-image))"
+    ), res
 
 
 def test_turin_vcek_query_and_cache_keys_that_escape_are_refused(tmp_path) -> None:

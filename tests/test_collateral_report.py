@@ -152,7 +152,7 @@ def test_the_mock_flow_needs_no_collateral(demo_report) -> None:
 def test_mock_report_verifies_and_says_none_is_needed(demo_report, tmp_path: Path) -> None:
     path = tmp_path / "mock.cbor"
     path.write_bytes(demo_report[1])
-    code, out = _verify(path, "--allow-mock")
+    code, out = _verify(path, "--allow-mock", "--reference", str(demo_report[0] / "reference.json"))
     assert code == 0, out
     assert "none needed for mock evidence" in _check(out, "tcb[0]")["detail"]
 

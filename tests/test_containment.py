@@ -21,7 +21,8 @@ from loader.config import load_config
 from loader.digest import digest_path
 from loader.report import parse_report
 from loader.verify import verify_report
-from tests.ops_helpers import make_job
+from tests.appraisal_helpers import MOCK
+from tests.ops_helpers import approve_configured_run, make_job
 
 ENGINE = Path(__file__).with_name("hostile_engine.py")
 UID = 64123
@@ -56,6 +57,7 @@ def _hostile_job(tmp_path: Path, *, isolation: str = "namespaces", linger: float
     if isolation == "none":
         text = text.replace("timeout = 120", 'timeout = 120\nisolation = "none"')
     job.config.write_text(text)
+    approve_configured_run(job.config)
     return {"job": job, "targets": targets, "listener": listener, "tee": tee}
 
 
@@ -108,7 +110,7 @@ def test_every_attack_of_a_hostile_engine_fails_and_the_report_stands(tmp_path: 
     record = payload["containment"]
     assert record["isolation"] == "namespaces" and record["uid"] == UID and record["network"] == "none"
     assert set(record["namespaces"]) == {"pid", "mount", "ipc", "uts", "net"}
-    result = verify_report(outcome.report, allow_mock=True)
+    result = verify_report(outcome.report, allow_mock=True, appraisal=MOCK)
     assert result.ok, result.reason()
 
 
@@ -120,10 +122,10 @@ def test_uncontained_engine_reaches_everything_and_verify_refuses_it(tmp_path: P
     for name in ("account_key", "configuration", "tsm_entry", "tee_device", "rtmr3", "network"):
         assert attempts[name] == "SUCCEEDED", (name, attempts[name])
     assert parse_report(outcome.report).payload["containment"]["isolation"] == "none"
-    refused = verify_report(outcome.report, allow_mock=True)
+    refused = verify_report(outcome.report, allow_mock=True, appraisal=MOCK)
     assert not refused.ok and refused.reason().startswith("containment: isolation 'none'")
     # The engine extended the mock RTMR3 after the loader's boundary: the record shows it.
-    accepted = verify_report(outcome.report, allow_mock=True, allow_no_isolation=True)
+    accepted = verify_report(outcome.report, allow_mock=True, allow_no_isolation=True, appraisal=MOCK)
     assert accepted.ok, accepted.reason()
 
 
@@ -150,6 +152,7 @@ def test_timeout_kills_every_process_the_engine_started(tmp_path: Path) -> None:
     job = make_job(tmp_path / "job", engine_source=SLEEPER)
     text = job.config.read_text().replace("timeout = 120", "timeout = 0.5")
     job.config.write_text(text.replace("uid = 65534\ngid = 65534", f"uid = {UID}\ngid = {UID}"))
+    approve_configured_run(job.config)
     start = time.monotonic()
     outcome = boot(load_config(job.config))
     assert outcome.workload is not None and outcome.workload.timed_out
@@ -188,7 +191,7 @@ def test_missing_engine_account_refuses_to_start_the_engine(demo_dir: Path) -> N
     assert outcome.reasons[-1].startswith(
         "containment: run.user: the engine account 'no-such-engine-account'"
     )
-    assert verify_report(outcome.report, allow_mock=True).ok  # a signed abort that verifies
+    assert verify_report(outcome.report, allow_mock=True, appraisal=MOCK).ok  # a signed abort that verifies
 
 
 def _forge(loader_report: bytes, evidence_for) -> bytes:  # type: ignore[no-untyped-def]
@@ -216,7 +219,15 @@ def _forge(loader_report: bytes, evidence_for) -> bytes:  # type: ignore[no-unty
 
 
 def _failed(raw: bytes) -> dict[str, str]:
-    return {n: d for n, p, d in verify_report(raw, allow_mock=True).checks if not p}
+    return {n: d for n, p, d in verify_report(raw, allow_mock=True, appraisal=MOCK).checks if not p}
+
+
+def _failed_unpinned(raw: bytes) -> dict[str, str]:
+    """The checks that fail when the verifier pins no image (--any-image)."""
+    from attestation.reference import Appraisal
+
+    checks = verify_report(raw, allow_mock=True, appraisal=Appraisal(any_image=True)).checks
+    return {n: d for n, p, d in checks if not p}
 
 
 def test_mock_evidence_made_after_the_workload_started_is_refused(demo_dir: Path) -> None:
@@ -238,13 +249,16 @@ def test_mock_evidence_made_after_the_workload_started_is_refused(demo_dir: Path
         return collect
 
     forged = _forge(outcome.report, evidence_at(after_start))
-    assert list(_failed(forged)) == ["rtmr3"]
+    # Refused twice over: the boundary check replays the log, and the reference values pin RTMR3
+    # as the loader finds it at boot (zero), which evidence made after any extension is not.
+    assert list(_failed(forged)) == ["evidence[0].reference", "rtmr3"]
     assert "includes a workload start" in _failed(forged)["rtmr3"]
+    assert "includes a workload start" in _failed_unpinned(forged)["rtmr3"]  # without the pin too
     # The control: the same forgery with evidence from before the boundary passes every check,
     # so it is the RTMR3 history alone that tells the engine's evidence from the loader's.
     assert _failed(_forge(outcome.report, evidence_at(bytes(48)))) == {}
     # Evidence whose RTMR3 no replay of the log reaches is refused too.
-    assert list(_failed(_forge(outcome.report, evidence_at(b"\x07" * 48)))) == ["rtmr3"]
+    assert "rtmr3" in _failed(_forge(outcome.report, evidence_at(b"\x07" * 48)))
 
 
 RTMR3_OFFSET = 48 + 472  # quote header, then the TD report body up to RTMR3
@@ -388,12 +402,13 @@ def test_report_verify_refuses_no_isolation_unless_told_and_says_so(demo_dir: Pa
     cfg.write_text(cfg.read_text().replace("timeout = 120", 'timeout = 120\nisolation = "none"'))
     report = demo_dir / "none.cbor"
     report.write_bytes(boot(load_config(cfg)).report)
-    refused = cli("report", "verify", report, "--allow-mock")
+    ref = demo_dir / "reference.json"
+    refused = cli("report", "verify", report, "--allow-mock", "--reference", ref)
     assert refused.returncode == 1 and "FAIL containment: isolation 'none'" in refused.stdout
-    text = cli("report", "verify", report, "--allow-mock", "--allow-no-isolation")
+    text = cli("report", "verify", report, "--allow-mock", "--reference", ref, "--allow-no-isolation")
     assert text.returncode == 0, text.stderr
     assert "--allow-no-isolation given" in text.stdout and "accepted (--allow-no-isolation)" in text.stdout
-    js = cli("report", "verify", report, "--allow-mock", "--allow-no-isolation", "--json")
+    js = cli("report", "verify", report, "--allow-mock", "--reference", ref, "--allow-no-isolation", "--json")
     assert js.returncode == 0 and json.loads(js.stdout)["allow_no_isolation"] is True
 
 
@@ -447,7 +462,7 @@ def test_demo_runs_contained_for_an_unprivileged_user(tmp_path: Path) -> None:
     record = parse_report(raw).payload["containment"]
     assert (record["isolation"], record["uid"], record["user_namespace"]) == ("namespaces", user, True)
     assert {"pid", "mount", "net", "user"} <= set(record["namespaces"])
-    assert verify_report(raw, allow_mock=True).ok
+    assert verify_report(raw, allow_mock=True, appraisal=MOCK).ok
 
 
 DEEP = """import os
@@ -468,7 +483,7 @@ def test_a_hostile_output_tree_cannot_crash_the_loader_before_it_signs(tmp_path:
     assert (
         workload["error"] == "output: deeper than 128 directories; discarded" and workload["output"] is None
     )
-    assert verify_report(outcome.report, allow_mock=True).ok
+    assert verify_report(outcome.report, allow_mock=True, appraisal=MOCK).ok
 
 
 def test_loader_files_in_a_visible_directory_are_masked_and_exposing_them_is_refused(tmp_path: Path) -> None:

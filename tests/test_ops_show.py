@@ -199,7 +199,7 @@ def test_cli_html_to_file_and_json(report_raw: bytes, tmp_path: Path) -> None:
     assert list(doc)[:3] == ["trust", "verification", "decision"]  # trust first, then the verdict
     assert doc["trust"] == "NOT verified" and doc["verification"]["trust"] == "NOT verified"
     assert doc["verification"]["ok"] is False  # mock not allowed
-    assert doc["verification"]["appraisal"] is None
+    assert doc["verification"]["appraisal"]["reference"] is None  # nothing pinned: refused too
     assert doc["decision"]["verdict"] == "run"
 
 
