@@ -176,10 +176,10 @@ def test_kds_fetches_the_vcek_and_the_report_verifies_without_vcek(tmp_path, cap
     report = tmp_path / "report.bin"
     report.write_bytes(snp("virtee-sev/report_milan.bin"))
     served = Served(_kds_routes())
+    judged = ["--any-image", "--min-tcb", "bl=0,tee=0,snp=0,ucode=0"]  # appraisal needs the TCB judged
     with serving(served) as url:
         code = snp_cli.main(
-            [str(report), "--kds-url", url, "--product", "milan", "--no-kds-crl", "--json", "--any-image"]
-            + ["--min-tcb", "bl=0,tee=0,snp=0,ucode=0"]  # the TCB is judged (appraisal requires it)
+            [str(report), "--kds-url", url, "--product", "milan", "--no-kds-crl", "--json", *judged]
         )
     out = json.loads(capsys.readouterr().out)
     assert code == 0, out
