@@ -81,6 +81,19 @@ def approve_configured_run(config: Path) -> None:
     path.write_text(json.dumps(policy, indent=2) + "\n")
 
 
+def run_loader(*args: str | Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """`python -m loader ARGS` from the repository, as a user runs `trusted-loader ARGS`."""
+    return subprocess.run(
+        [sys.executable, "-m", "loader", *map(str, args)],
+        cwd=REPO,
+        env=loader_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 def loader_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET" and not k.startswith("TL_")}
     env["PYTHONPATH"] = str(REPO)

@@ -6,8 +6,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import re
-import subprocess
-import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,20 +24,10 @@ from attestation.sevsnp.cli import main as snp_main
 from attestation.tdx.cli import _parser as tdx_parser
 from certs.chain import load_certificates
 from loader.cli import build_parser
-from tests.ops_helpers import REPO, loader_env
+from tests.ops_helpers import REPO, run_loader
 from tests.vectors import vectors_dir
 
-
-def _cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "loader", *map(str, args)],
-        cwd=REPO,
-        env=loader_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+_cli = run_loader
 
 
 def _options(parser: argparse.ArgumentParser, path: str) -> Iterator[tuple[str, argparse.Action]]:

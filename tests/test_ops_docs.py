@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.ops_helpers import REPO, loader_env
+from tests.ops_helpers import REPO, run_loader
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 _SAMPLE = re.compile(r"```toml sample\n(.*?)```", re.DOTALL)
@@ -38,15 +36,7 @@ def test_each_documented_sample_passes_config_check(tmp_path: Path, doc: str, in
         text = "\n".join(f'{k}_dir = "{tmp_path / k}"' for k in ("staging", "spool", "output")) + "\n" + text
     config = tmp_path / "loader.toml"
     config.write_text(text)
-    done = subprocess.run(
-        [sys.executable, "-m", "loader", "config", "check", str(config)],
-        cwd=REPO,
-        env=loader_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_loader("config", "check", config)
     assert done.returncode == 0, f"{doc} sample {index}: {done.stderr}"
 
 
