@@ -104,3 +104,42 @@ def test_an_offline_copy_is_judged_by_its_validity_not_its_nonce(pki: Pki, tmp_p
             fetcher=Fetcher(offline_dir=offline),
             at=dt.datetime.now(dt.UTC) + dt.timedelta(days=2),
         )
+
+
+def test_with_revocation_adds_one_check_per_certificate_and_drops_the_advisory(pki: Pki) -> None:
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from attestation.evidence import Check, Result
+
+    chain = b"".join(c.public_bytes(Encoding.PEM) for c in (pki.leaf, pki.ca))
+    before = Result(
+        "nvidia", (Check("chain", True, "synthetic"),), {}, advisories=(ocsp.NOT_CHECKED + ": x",)
+    )
+    for status, ok in (("good", True), ("revoked", False)):
+        with OcspServer(Responder(pki, status=status)) as url:
+            after = ocsp.with_revocation(before, chain, url=url, fetcher=FAST, at=dt.datetime.now(dt.UTC))
+        assert [c.name for c in after.checks] == ["chain", "ocsp:0"] and after.ok is ok
+        assert after.advisories == ()
+
+
+def test_evidence_verify_nvidia_refuses_an_answer_not_signed_by_nvidia(
+    vectors: Path, pki: Pki, capsys
+) -> None:
+    """The real nvtrust chain against the loopback TEST responder: its answers are signed by the
+    TEST CA, not by the GPU chain's issuers, so every certificate's check fails (exit 1)."""
+    import json
+
+    from attestation.nvidia import cli
+    from tests.nvidia_helpers import CHAIN, NOW, REPORT, REPORT_NONCE
+
+    args = [str(vectors / REPORT), "--chain", str(vectors / CHAIN), "--nonce", REPORT_NONCE.hex()]
+    args += ["--at", NOW.isoformat(), "--any-image", "--json"]
+    assert cli.main(args) in (0, 1)
+    plain = json.loads(capsys.readouterr().out)
+    assert any(a.startswith(ocsp.NOT_CHECKED) for a in plain["advisories"])
+    with OcspServer(Responder(pki)) as url:
+        assert cli.main([*args, "--ocsp-url", url]) == 1
+    out = json.loads(capsys.readouterr().out)
+    failed = {c["name"]: c["detail"] for c in out["checks"] if not c["passed"]}
+    assert "ocsp:0" in failed and "is not signed by" in failed["ocsp:0"]
+    assert not any(a.startswith(ocsp.NOT_CHECKED) for a in out["advisories"])

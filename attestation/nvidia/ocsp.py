@@ -23,7 +23,7 @@ import hashlib
 import itertools
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -34,7 +34,9 @@ from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from attestation.errors import CollateralError
+from attestation.evidence import Check, Result
 from attestation.fetch import Document, Fetcher, FetchError
+from attestation.nvidia.device import load_chain
 from certs.chain import describe
 
 DEFAULT_URL = "https://ocsp.ndis.nvidia.com/"
@@ -42,6 +44,8 @@ MAX_RESPONSE_BYTES = 64 * 1024
 NONCE_LEN = 32
 CLOCK_SKEW = dt.timedelta(minutes=5)
 CONTENT_TYPE = "application/ocsp-request"
+NOT_CHECKED = "certificate revocation not checked"
+"""How the NVIDIA verifier's advisory begins when no OCSP answer was consulted."""
 
 
 class OcspError(CollateralError):
@@ -248,3 +252,23 @@ def _ocsp_signing(cert: x509.Certificate) -> bool:
     except x509.ExtensionNotFound:
         return False
     return ExtendedKeyUsageOID.OCSP_SIGNING in usages
+
+
+def with_revocation(
+    result: Result, chain_pem: bytes, *, url: str, fetcher: Fetcher | None = None, at: dt.datetime
+) -> Result:
+    """`result` of NVIDIA evidence with one check per certificate of its chain but the root
+    (`ocsp:<n>`, leaf first), passed only when the responder says good; the advisory that
+    revocation was not checked is dropped."""
+    certs = load_chain(chain_pem)
+    fetcher = fetcher or Fetcher()
+    checks = []
+    for n, (cert, issuer) in enumerate(itertools.pairwise(certs)):
+        try:
+            found = check_one(cert, issuer, url=url, fetcher=fetcher, at=at)
+        except OcspError as exc:
+            checks.append(Check(f"ocsp:{n}", False, str(exc)))
+            continue
+        checks.append(Check(f"ocsp:{n}", found.good, found.line()))
+    advisories = tuple(a for a in result.advisories if not a.startswith(NOT_CHECKED))
+    return replace(result, checks=result.checks + tuple(checks), advisories=advisories)
