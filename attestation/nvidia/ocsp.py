@@ -22,7 +22,7 @@ import datetime as dt
 import hashlib
 import itertools
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from cryptography import x509
@@ -44,6 +44,8 @@ MAX_RESPONSE_BYTES = 64 * 1024
 NONCE_LEN = 32
 CLOCK_SKEW = dt.timedelta(minutes=5)
 CONTENT_TYPE = "application/ocsp-request"
+FILE_PREFIX = "ocsp:"
+"""Collateral file names of recorded responses: ocsp:<n>, n the certificate's place, leaf 0."""
 NOT_CHECKED = "certificate revocation not checked"
 """How the NVIDIA verifier's advisory begins when no OCSP answer was consulted."""
 
@@ -104,6 +106,19 @@ def check_one(
     at: dt.datetime,
     nonce: bytes | None = None,
 ) -> CertStatus:
+    return fetch_one(cert, issuer, url=url, fetcher=fetcher, at=at, nonce=nonce)[0]
+
+
+def fetch_one(
+    cert: x509.Certificate,
+    issuer: x509.Certificate,
+    *,
+    url: str,
+    fetcher: Fetcher,
+    at: dt.datetime,
+    nonce: bytes | None = None,
+) -> tuple[CertStatus, bytes]:
+    """The certificate's status and the response's DER (to record, e.g. in a report)."""
     nonce = nonce if nonce is not None else os.urandom(NONCE_LEN)
     request = build_request(cert, issuer, nonce)
     issuer_id = hashlib.sha256(issuer.public_bytes(Encoding.DER)).hexdigest()[:32]
@@ -112,7 +127,39 @@ def check_one(
         doc = fetcher.get(key, url, limit=MAX_RESPONSE_BYTES, post=(request, CONTENT_TYPE))
     except FetchError as exc:
         raise OcspError(f"{describe(cert)}: no OCSP response: {exc}") from exc
-    return judge(doc, cert, issuer, nonce=nonce, at=at)
+    return judge(doc, cert, issuer, nonce=nonce, at=at), doc.body
+
+
+def fetch_chain(chain_pem: bytes, *, url: str, fetcher: Fetcher, at: dt.datetime) -> dict[str, bytes]:
+    """{FILE_PREFIX + n: response DER} for every certificate of the chain but the root, each
+    checked as it arrives (nonce included); a refused response raises OcspError."""
+    certs = load_chain(chain_pem)
+    return {
+        f"{FILE_PREFIX}{n}": fetch_one(cert, issuer, url=url, fetcher=fetcher, at=at)[1]
+        for n, (cert, issuer) in enumerate(itertools.pairwise(certs))
+    }
+
+
+def recorded_checks(chain_pem: bytes, files: Mapping[str, bytes], *, at: dt.datetime) -> tuple[Check, ...]:
+    """Checks `ocsp:<n>` of responses recorded earlier (FILE_PREFIX files, e.g. in a report's
+    collateral): signer, CertID and validity at `at` judged again; their nonces were the
+    fetcher's and are not compared. Empty when no response is recorded."""
+    if not any(name.startswith(FILE_PREFIX) for name in files):
+        return ()
+    certs = load_chain(chain_pem)
+    checks = []
+    for n, (cert, issuer) in enumerate(itertools.pairwise(certs)):
+        name, body = f"{FILE_PREFIX}{n}", files.get(f"{FILE_PREFIX}{n}")
+        if body is None:
+            checks.append(Check(name, False, f"{describe(cert)}: no OCSP response recorded"))
+            continue
+        try:
+            found = judge(Document(name, "", body, {}, "recorded"), cert, issuer, nonce=b"", at=at)
+        except OcspError as exc:
+            checks.append(Check(name, False, str(exc)))
+            continue
+        checks.append(Check(name, found.good, found.line()))
+    return tuple(checks)
 
 
 def judge(
@@ -130,7 +177,7 @@ def judge(
         )
     _check_signer(response, issuer, who, at)
     single = _single(response, cert, issuer, who)
-    if doc.source == "network":
+    if doc.source == "network":  # a cached, offline or recorded copy answered another request
         _check_nonce(response, nonce, who)
     this_update, next_update = single.this_update_utc, single.next_update_utc
     if next_update is None:
