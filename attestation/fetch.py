@@ -63,7 +63,8 @@ class Fetcher:
         default_factory=lambda: urllib.request.build_opener(_NoRedirect()), compare=False
     )
 
-    def get(self, key: str, url: str, *, limit: int) -> Document:
+    def get(self, key: str, url: str, *, limit: int, post: tuple[bytes, str] | None = None) -> Document:
+        """The document `key` from `url`; `post` (body, content type) makes it a POST (OCSP)."""
         if not _KEY.fullmatch(key) or ".." in key.split("/"):
             raise FetchError(f"collateral key {key!r}: expected path segments of [A-Za-z0-9._=-]")
         if self.offline_dir is not None:
@@ -74,7 +75,7 @@ class Fetcher:
         if not url.startswith(("http://", "https://")):
             raise FetchError(f"{url}: expected an http:// or https:// URL")
         try:
-            body, headers = self._download(url, limit)
+            body, headers = self._download(url, limit, post)
         except FetchError as exc:
             cached = _read_entry(self.cache_dir, key, limit) if self.cache_dir else None
             if cached is None:
@@ -85,20 +86,27 @@ class Fetcher:
             _write_entry(self.cache_dir, key, body, headers)
         return Document(key, url, body, headers, "network")
 
-    def _download(self, url: str, limit: int) -> tuple[bytes, dict[str, str]]:
+    def _download(
+        self, url: str, limit: int, post: tuple[bytes, str] | None = None
+    ) -> tuple[bytes, dict[str, str]]:
         last = ""
         for attempt in range(max(1, self.attempts)):
             if attempt:
                 time.sleep(min(self.backoff * 2 ** (attempt - 1), 5.0))
             try:
-                return self._once(url, limit)
+                return self._once(url, limit, post)
             except _Retry as exc:
                 last = str(exc)
         raise FetchError(f"{url}: {last} (after {max(1, self.attempts)} attempt(s))")
 
-    def _once(self, url: str, limit: int) -> tuple[bytes, dict[str, str]]:
+    def _once(
+        self, url: str, limit: int, post: tuple[bytes, str] | None = None
+    ) -> tuple[bytes, dict[str, str]]:
+        headers = {"Accept": "*/*", "User-Agent": "trusted-loader"}
+        if post is not None:
+            headers["Content-Type"] = post[1]
         request = urllib.request.Request(  # noqa: S310 (http/https only, checked in get)
-            url, headers={"Accept": "*/*", "User-Agent": "trusted-loader"}
+            url, data=None if post is None else post[0], headers=headers
         )
         try:
             with self.opener.open(request, timeout=self.timeout) as resp:

@@ -311,7 +311,7 @@ class CertificateAuthority:
         bundle = {
             "nonce": request.nonce,
             "evidence": [e.to_cbor_obj() for e in request.evidence],
-            "claims": verified_claims(results, policy_digest=self.policy.digest, at=now),
+            "claims": verified_claims(results, policy=self.policy, at=now),
         }
         builder = (
             x509.CertificateBuilder()
@@ -332,12 +332,20 @@ class CertificateAuthority:
         return builder.sign(self._key, hashes.SHA384())
 
 
-def verified_claims(results: Sequence[Result], *, policy_digest: str, at: dt.datetime) -> dict[str, Any]:
-    """The "claims" map of the evidence extension: what was verified, when, under which policy."""
+def verified_claims(results: Sequence[Result], *, policy: CaPolicy, at: dt.datetime) -> dict[str, Any]:
+    """The "claims" map of the evidence extension: what was verified, when, under which policy,
+    appraised how ("appraisal": the reference values' digest, or any_image true, and allow_debug),
+    so a verifier sees a certificate issued without pinned reference values."""
+    appraisal = policy.appraisal
     return {
         "verifier": "trusted-loader-ca",
         "verified_at": at.replace(microsecond=0).isoformat(),
-        "policy": policy_digest,
+        "policy": policy.digest,
+        "appraisal": {
+            "reference_digest": appraisal.reference.digest if appraisal.reference else None,
+            "any_image": appraisal.any_image,
+            "allow_debug": appraisal.allow_debug,
+        },
         "results": [
             {
                 "type": r.type,

@@ -79,8 +79,14 @@ def cmd_init(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     mode = "accepts mock evidence" if args.allow_mock else "refuses mock evidence"
     print(f"CA created: {pem} (key {args.dir / CA_KEY}, mode 0600); {mode}", file=sys.stderr)
+    if not args.allow_mock:
+        print(
+            f"the CA does not start until {args.dir / POLICY} pins reference values "
+            "([attestation] reference = FILE, docs/appraisal.md) or says any_image = true",
+            file=sys.stderr,
+        )
     print(
-        f"edit {args.dir / POLICY} to pin measurements, then: trusted-loader ca serve --dir {args.dir}",
+        f"edit {args.dir / POLICY} to pin your images, then: trusted-loader ca serve --dir {args.dir}",
         file=sys.stderr,
     )
     return EXIT_OK
@@ -122,6 +128,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     for warning in ca.policy.warnings():
         print(f"warning: {warning}", file=sys.stderr)
+    logging.getLogger("certs.ca").info("appraisal: %s", ca.policy.appraisal.describe())
 
     def ready(url: str) -> None:
         print(f"trusted-loader CA listening on {url}", file=sys.stderr, flush=True)

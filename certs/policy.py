@@ -1,9 +1,13 @@
 """The CA's issuance policy: a TOML file, unknown keys rejected, validated once at load.
 
 Verification (signatures, chains, collateral, the key binding) is the verifiers' and the
-issuer's job; this module only validates verified claims: which evidence types are allowed or
-required, which measurement values are expected per type, which TCB statuses are acceptable,
-minimum values (SVNs) and exact values (debug = false).
+issuer's job; this module only validates verified claims. Fail closed (docs/appraisal.md): a
+policy loads only when `[attestation]` pins reference values (`reference = FILE`, appraised by
+attestation/reference.py like every verifier) or says `any_image = true`; a CA that would
+certify any image by omission does not start. Every evidence is appraised (reference, debug,
+TCB), must be from before any RTMR3 extension (the boundary), and then meets the per-type
+`[tee.*]` tables, which are extra constraints on top (exact claims, minimums, TCB statuses)
+and the verifiers' trust settings (roots, collateral, options).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from attestation import rtmr
 from attestation.evidence import Result, Trust
 from attestation.reference import (
     MISSING,
@@ -35,7 +40,9 @@ REFERENCE_FILE = "reference.json"
 
 _TOP = {"issuance", "attestation", "tee"}
 _ISSUANCE = {"validity_seconds", "serial_bits", "nonce_ttl_seconds", "max_request_bytes", "subject_prefix"}
-_ATTESTATION = {"allow_mock", "allowed_types", "required_types", "reference", "allow_debug"}
+_ATTESTATION = {"allow_mock", "allowed_types", "required_types", "reference", "any_image", "allow_debug"}
+RTMR3_TYPES = frozenset({"tdx", "mock"})
+"""Evidence types with a runtime register the loader extends (TDX RTMR3, the mock's)."""
 _TEE = {"measurements", "tcb_status", "minimum", "equals", "roots", "collateral", "options"}
 
 
@@ -45,7 +52,7 @@ class PolicyError(CertsError):
 
 @dataclass(frozen=True)
 class TeePolicy:
-    """Expectations for one evidence type; empty tables check nothing (the CA warns)."""
+    """Extra constraints for one evidence type, on top of the appraisal, and its trust settings."""
 
     measurements: Mapping[str, frozenset[str]] = field(default_factory=dict)
     tcb_status: tuple[str, ...] = ()
@@ -69,7 +76,9 @@ class CaPolicy:
     tee: Mapping[str, TeePolicy] = field(default_factory=dict)
     reference: ReferenceValues | None = None
     """[attestation] reference: reference values (attestation/reference.py, the format every
-    verifier uses); when set, every evidence is appraised with the one appraisal module."""
+    verifier uses); every evidence is appraised with the one appraisal module."""
+    any_image: bool = False
+    """[attestation] any_image: no reference values, deliberately; recorded in every certificate."""
     allow_debug: bool = False
     digest: str = ""
     """sha256:<hex> of the policy file's bytes, recorded in every certificate."""
@@ -83,19 +92,28 @@ class CaPolicy:
             options=dict(tee.options),
         )
 
+    @property
+    def appraisal(self) -> Appraisal:
+        return Appraisal(self.reference, any_image=self.any_image, allow_debug=self.allow_debug)
+
     def warnings(self) -> list[str]:
         """Weak spots an operator should see when the CA starts."""
         out = []
-        for kind in sorted(self.allowed_types):
-            tee = self.tee[kind]
-            if not tee.measurements:
-                out.append(f"policy: [tee.{kind}] pins no measurements; any {kind} guest is accepted")
-            if kind not in MOCK_TYPES and not tee.tcb_status and not tee.minimum:
-                out.append(f"policy: [tee.{kind}] accepts any TCB (no tcb_status, no minimum)")
+        if self.any_image:
+            out.append(
+                "policy: any_image = true; ANY IMAGE ACCEPTED: no reference values pin the platform "
+                "(every certificate records it)"
+            )
+        if self.reference is not None:
+            for kind in sorted(self.allowed_types):
+                if not self.reference.for_type(kind):
+                    out.append(
+                        f"policy: {self.reference.source} has no {kind} entry; {kind} evidence is refused"
+                    )
+        if self.allow_debug:
+            out.append("policy: allow_debug = true; DEBUG TEEs are accepted: the host can read their memory")
         if self.allow_mock:
             out.append("policy: allow_mock = true; software mock evidence is accepted (tests and demos only)")
-        if self.reference is None:
-            out.append("policy: [attestation] reference is not set; only the [tee.*] tables pin platforms")
         return out
 
     def validate(self, kind: str, result: Result) -> list[str]:
@@ -105,10 +123,9 @@ class CaPolicy:
         if result.is_mock and not self.allow_mock:
             return [f"{kind}: mock evidence is not allowed by the CA policy"]
         tee = self.tee[kind]
-        reasons = []
-        if self.reference is not None:
-            appraisal = Appraisal(self.reference, allow_debug=self.allow_debug)
-            reasons += [f"{kind}: {c.name}: {c.detail}" for c in appraise(result, appraisal) if not c.passed]
+        reasons = [f"{kind}: {c.name}: {c.detail}" for c in appraise(result, self.appraisal) if not c.passed]
+        if (why := _after_boot(kind, result)) is not None:
+            reasons.append(f"{kind}: rtmr3: {why}")
         for name, allowed in sorted(tee.measurements.items()):
             value = claim(result.claims, name)
             if not isinstance(value, str) or value.lower() not in allowed:
@@ -126,6 +143,27 @@ class CaPolicy:
             if type(value) is not type(expected) or value != expected:
                 reasons.append(f"{kind}: {name} is {_show(value)}, expected {expected!r}")
         return reasons
+
+
+def _after_boot(kind: str, result: Result) -> str | None:
+    """Why evidence of `kind` is not from before the loader's first RTMR3 extension, or None.
+
+    The loader collects the evidence it enrolls with before it extends RTMR3 and refuses to go
+    on unless RTMR3 then holds its boot value, zero (loader/boot.py, loader/boundary.py); the CA
+    sees no event log, so any other value means something (a workload start) was extended:
+    that evidence speaks for whatever ran, not for the loader.
+    """
+    if kind not in RTMR3_TYPES:
+        return None
+    value = claim(result.claims, "rtmr3")
+    if not isinstance(value, str):
+        return f"expected the register in the verified claims, found {_show(value)}"
+    if value.lower() == bytes(rtmr.RTMR_LEN).hex():
+        return None
+    return (
+        f"RTMR3 is {value[:16]}…, not its boot value (zero): the evidence was made after something "
+        "was extended (a workload start), so it speaks for that, not for the loader"
+    )
 
 
 def _show(value: Any) -> str:
@@ -177,6 +215,7 @@ def parse_policy(doc: Mapping[str, Any], *, base: Path, digest: str, src: Path |
     if not allowed - GPU_TYPES:
         raise PolicyError(f"{src}: attestation.allowed_types: expected at least one CPU TEE type")
     reference = _reference(p.typed(att, "reference", str, "attestation", None), base, src)
+    any_image = p.typed(att, "any_image", bool, "attestation", False)
     allow_debug = p.typed(att, "allow_debug", bool, "attestation", False)
     tees_doc = p.typed(doc, "tee", dict, "", {})
     p.keys(tees_doc, allowed, "tee")
@@ -184,16 +223,30 @@ def parse_policy(doc: Mapping[str, Any], *, base: Path, digest: str, src: Path |
     if missing:
         raise PolicyError(f"{src}: every allowed type needs a [tee.<type>] section; missing {missing}")
     tees = {kind: p.tee(tees_doc[kind], kind, base) for kind in sorted(allowed)}
+    _pins_or_says_any(reference, any_image, src)
     return CaPolicy(
         allow_mock=allow_mock,
         allowed_types=allowed,
         required_types=required,
         tee=tees,
         reference=reference,
+        any_image=any_image,
         allow_debug=allow_debug,
         digest=digest,
         **issuance,
     )
+
+
+def _pins_or_says_any(reference: ReferenceValues | None, any_image: bool, src: Path | str) -> None:
+    """Fail closed: no CA certifies any image by omission."""
+    if reference is None and not any_image:
+        raise PolicyError(
+            f"{src}: attestation: expected reference = FILE (reference values pinning your images, "
+            "docs/appraisal.md) or any_image = true; found neither, and the CA does not certify "
+            "any image by omission"
+        )
+    if reference is not None and any_image:
+        raise PolicyError(f"{src}: attestation: reference and any_image = true exclude each other")
 
 
 def _reference(path: str | None, base: Path, src: Path | str) -> ReferenceValues | None:
@@ -320,6 +373,8 @@ def default_policy_text(*, allow_mock: bool) -> str:
         f'\nreference = "{REFERENCE_FILE}"   # reference values (docs/appraisal.md): what platforms must be'
         if allow_mock
         else f'\n# reference = "{REFERENCE_FILE}"   # EDIT: pin your images (docs/appraisal.md)'
+        "\n# any_image = true   # or accept any image, deliberately (recorded in every certificate)"
+        "\n# The CA does not start until one of the two lines above is set."
     )
     mock_sections = ""
     if allow_mock:

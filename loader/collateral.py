@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from attestation import AttestationError, Evidence, Trust, verifier_for
-from attestation.evidence import Check
+from attestation.evidence import Check, Result
 from attestation.fetch import DEFAULT_ATTEMPTS, DEFAULT_TIMEOUT, Fetcher
 from attestation.nvidia import rimservice
 from attestation.sevsnp import kds, products
@@ -79,6 +79,8 @@ class CollateralSettings:
     attempts: int = DEFAULT_ATTEMPTS
     snp_product: str | None = None
     rim_root: Path | None = None
+    ocsp_url: str | None = None
+    """OCSP responder for the GPU certificate chain; None: revocation not checked (advisory)."""
 
     def roots(self) -> dict[str, bytes]:
         """Trust anchors replacing the bundled ones (only the NVIDIA RIM root is configurable)."""
@@ -151,6 +153,12 @@ def fetch_one(ev: Evidence, settings: CollateralSettings) -> tuple[str, dict[str
     elif ev.type in GPU_TYPES:
         root = settings.rim_url
         files = rimservice.RimServiceClient(root, fetcher).collateral(ev.data)
+        chain = ev.aux.get("chain")
+        if settings.ocsp_url and isinstance(chain, bytes):
+            from attestation.nvidia import ocsp
+
+            at = dt.datetime.now(dt.UTC)
+            files = {**files, **ocsp.fetch_chain(chain, url=settings.ocsp_url, fetcher=fetcher, at=at)}
     else:
         raise AttestationError(f"no collateral client for evidence type {ev.type!r}")
     source = str(settings.offline_dir) if settings.offline_dir is not None else root
@@ -236,8 +244,10 @@ def judge_one(
         result = verifier_for(ev.type).verify(ev, expected_report_data=expected_nonce, trust=trust, at=at)
     except AttestationError as exc:
         return Judgement(index, ev.type, False, None, (), str(exc))
+    if ev.type in GPU_TYPES:
+        result = _with_recorded_ocsp(result, ev, files, at)
     names = _JUDGED.get(ev.type)
-    judged = [c for c in result.checks if (c.name in names if names else c.name.startswith("rim"))]
+    judged = [c for c in result.checks if (c.name in names if names else c.name.startswith(("rim", "ocsp")))]
     if ev.type == "sev-snp" and not any(c.name == "crl" for c in judged):
         judged.append(Check("crl", False, "no CRL of the ARK in the collateral"))
     bad = [c for c in judged if not c.passed]
@@ -250,6 +260,25 @@ def judge_one(
     else:
         detail = f"acceptable at {at:%Y-%m-%dT%H:%M:%SZ}"
     return Judgement(index, ev.type, not bad, result.tcb_status, result.advisories, detail, checks)
+
+
+def _with_recorded_ocsp(result: Result, ev: Evidence, files: Mapping[str, bytes], at: dt.datetime) -> Result:
+    """The GPU result with the recorded OCSP answers judged at `at` (none recorded: unchanged)."""
+    from dataclasses import replace
+
+    from attestation.nvidia import ocsp
+
+    chain = ev.aux.get("chain")
+    if not isinstance(chain, bytes):
+        return result
+    try:
+        checks = ocsp.recorded_checks(chain, files, at=at)
+    except AttestationError as exc:
+        checks = (Check("ocsp", False, str(exc)),)
+    if not checks:
+        return result
+    advisories = tuple(a for a in result.advisories if not a.startswith(ocsp.NOT_CHECKED))
+    return replace(result, checks=result.checks + checks, advisories=advisories)
 
 
 def judge(

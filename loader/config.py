@@ -278,6 +278,9 @@ def _collateral(section: _Section, base: Path) -> CollateralSettings:
     attempts = section.get("attempts", int, defaults.attempts)
     if not 1 <= attempts <= 10:
         raise section.error("attempts", f"expected 1..10, found {attempts}")
+    ocsp_url = section.get("ocsp_url", str, None)
+    if ocsp_url is not None and not ocsp_url.startswith(("http://", "https://")):
+        raise section.error("ocsp_url", f"expected an http:// or https:// URL, found {ocsp_url!r}")
     product = section.get("snp_product", str, None)
     if product is not None and product.lower() not in ("milan", "genoa", "turin"):
         raise section.error("snp_product", f"expected milan, genoa or turin, found {product!r}")
@@ -290,6 +293,7 @@ def _collateral(section: _Section, base: Path) -> CollateralSettings:
         attempts=attempts,
         snp_product=product,
         rim_root=section.optional_path("rim_root", base),
+        ocsp_url=ocsp_url,
     )
     section.finish()
     return settings

@@ -17,10 +17,35 @@ from certs.csr import build_csr
 REPO = Path(__file__).resolve().parents[1]
 
 
+SYNTHETIC_TDX = {
+    "name": "synthetic-test-tdx",  # SYNTHETIC: no real TD has these values
+    "type": "tdx",
+    "values": {
+        **{name: ["5a" * 48] for name in ("mrtd", "rtmr0", "rtmr1", "rtmr2", "mrseam")},
+        "td_attributes": ["0000000000000000"],
+        "xfam": ["e702060000000000"],
+    },
+}
+
+
+def pin_hardware(directory: Path) -> None:
+    """Turn the policy `ca init` (without --allow-mock) writes into one that loads: reference
+    values with a SYNTHETIC TDX entry, as an operator pins their images (docs/appraisal.md)."""
+    from attestation.reference import reference_document
+
+    (directory / "reference.json").write_bytes(reference_document([SYNTHETIC_TDX]))
+    path = directory / "policy.toml"
+    text = path.read_text()
+    assert '# reference = "reference.json"' in text
+    path.write_text(text.replace('# reference = "reference.json"', 'reference = "reference.json"', 1))
+
+
 def make_ca(
     directory: Path, *, allow_mock: bool, policy: str | None = None, clock=None
 ) -> CertificateAuthority:
     init_ca_dir(directory, allow_mock=allow_mock)
+    if not allow_mock:
+        pin_hardware(directory)
     if policy is not None:
         (directory / "policy.toml").write_text(policy)
     if clock is None:

@@ -19,6 +19,7 @@ import attestation
 from attestation import binding
 from attestation.evidence import Check, Evidence, Result
 from attestation.mock.attester import MOCK_MRTD
+from attestation.reference import platform_entry, reference_document
 from certs.ca import CLOCK_SKEW, EnrollmentRequest, Refusal, init_ca_dir, write_mock_reference
 from certs.chain import verify_chain
 from certs.csr import CsrError, build_csr, parse_csr
@@ -26,7 +27,7 @@ from certs.errors import CertsError, ChainError
 from certs.extensions import decode_evidence_extension
 from certs.nonce import NONCE_LEN, NonceError, NonceService
 from certs.policy import PolicyError, default_policy_text, load_policy
-from tests.ca_helpers import Cvm, make_ca
+from tests.ca_helpers import Cvm, make_ca, pin_hardware
 from tests.vectors import vectors_dir
 
 
@@ -138,6 +139,9 @@ def test_ca_init_files_and_permissions(tmp_path):
     cert = x509.load_pem_x509_certificate((ca_dir / "ca.pem").read_bytes())
     bc = cert.extensions.get_extension_for_class(x509.BasicConstraints)
     assert bc.critical and bc.value.ca and bc.value.path_length == 0
+    with pytest.raises(PolicyError, match=r"expected reference = FILE .* or any_image = true; found neither"):
+        load_policy(ca_dir / "policy.toml")  # fail closed: the operator pins images first
+    pin_hardware(ca_dir)
     assert not load_policy(ca_dir / "policy.toml").allow_mock
     with pytest.raises(CertsError, match="refusing to overwrite"):
         init_ca_dir(ca_dir, allow_mock=True)
@@ -373,7 +377,7 @@ def test_csr_with_a_weak_key_type_is_refused():
 
 def _mock_policy(extra: str = "", mock_section: str = "measurements = {}\n") -> str:
     return (
-        '[attestation]\nallow_mock = true\nallowed_types = ["mock"]\n'
+        '[attestation]\nallow_mock = true\nallowed_types = ["mock"]\nreference = "reference.json"\n'
         + extra
         + "\n[tee.mock]\n"
         + mock_section
@@ -459,8 +463,13 @@ def test_default_policy_loads_and_matches_the_mock_flag(tmp_path, allow_mock):
         with pytest.raises(CertsError, match=r"attestation\.reference: .*reference\.json: cannot read"):
             load_policy(path)
         write_mock_reference(tmp_path / "reference.json")
+    else:  # the hardware policy pins nothing yet: it does not load until the operator says what
+        with pytest.raises(PolicyError, match="found neither"):
+            load_policy(path)
+        path.write_text(path.read_text().replace("# any_image = true", "any_image = true"))
     policy = load_policy(path)
     assert (policy.reference is not None) is allow_mock
+    assert policy.any_image is not allow_mock
     assert policy.allow_mock is allow_mock
     assert ("mock" in policy.allowed_types) is allow_mock
     assert {"tdx", "sev-snp", "nvidia"} <= policy.allowed_types
@@ -481,7 +490,7 @@ def _real_result(kind: str, evidence: Evidence):
 @pytest.fixture
 def hw_policy(tmp_path):
     path = tmp_path / "policy.toml"
-    path.write_text(default_policy_text(allow_mock=False))
+    path.write_text(default_policy_text(allow_mock=False).replace("# any_image = true", "any_image = true"))
     return load_policy(path)
 
 
@@ -495,8 +504,12 @@ def test_default_policy_names_real_tdx_claims_and_wants_a_tcb_verdict(hw_policy)
     quote = (vectors_dir() / "tdx" / "trustee" / "tdx_quote_6.dat").read_bytes()  # not debug
     result = _real_result("tdx", Evidence("tdx", quote))
     assert result.claims["debug"] is False
-    # no collateral given: the TCB was not evaluated, which the default policy does not accept
-    assert hw_policy.validate("tdx", result) == ["tdx: TCB status None is not one of UpToDate"]
+    # no collateral given: the TCB was not evaluated, which neither the appraisal nor the
+    # default policy's [tee.tdx] table accepts, even with any_image
+    assert hw_policy.validate("tdx", result) == [
+        "tdx: tcb: TCB not evaluated: give the Intel collateral (--collateral DIR)",
+        "tdx: TCB status None is not one of UpToDate",
+    ]
 
 
 def test_default_policy_refuses_a_real_snp_report_whose_guest_policy_allows_debug(hw_policy):
@@ -505,7 +518,9 @@ def test_default_policy_refuses_a_real_snp_report_whose_guest_policy_allows_debu
         "sev-snp", (snp / "attestation.bin").read_bytes(), {"vcek": (snp / "vcek.testcer").read_bytes()}
     )
     reasons = hw_policy.validate("sev-snp", _real_result("sev-snp", evidence))
-    assert reasons == ["sev-snp: policy.debug is True, expected False"]
+    debug = "sev-snp: debug: a debug TEE: the host can read its memory; refused unless --allow-debug"
+    assert debug in reasons
+    assert "sev-snp: policy.debug is True, expected False" in reasons
 
 
 def test_pinned_snp_measurement_and_minimum_tcb_on_a_real_report(tmp_path):
@@ -515,8 +530,13 @@ def test_pinned_snp_measurement_and_minimum_tcb_on_a_real_report(tmp_path):
     result = _real_result("sev-snp", evidence)
     measurement = result.claims["measurement"]
     assert measurement.startswith("7a1e5c266c0108db")  # MANIFEST: report_milan MEASUREMENT
+    entry = {**platform_entry("report-milan", result), "min_tcb": {"snp": 8, "microcode": 115}}
+    (tmp_path / "reference.json").write_bytes(reference_document([entry]))
     path = tmp_path / "policy.toml"
-    base = '[attestation]\nallowed_types = ["sev-snp"]\n[tee.sev-snp]\nequals = { "policy.debug" = false }\n'
+    base = (
+        '[attestation]\nallowed_types = ["sev-snp"]\nreference = "reference.json"\n'
+        '[tee.sev-snp]\nequals = { "policy.debug" = false }\n'
+    )
     path.write_text(
         base + f'measurements = {{ measurement = ["{measurement}"] }}\n'
         'minimum = { "reported_tcb.snp" = 8, "reported_tcb.microcode" = 115 }\n'
@@ -529,3 +549,6 @@ def test_pinned_snp_measurement_and_minimum_tcb_on_a_real_report(tmp_path):
     assert load_policy(path).validate("sev-snp", result) == [
         "sev-snp: reported_tcb.snp is 8, expected at least 9"
     ]
+    entry["min_tcb"] = {"snp": 9}  # the reference values' own minimum TCB, appraised
+    (tmp_path / "reference.json").write_bytes(reference_document([entry]))
+    assert load_policy(path).validate("sev-snp", result)[0] == "sev-snp: tcb: snp 8 < 9"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from tests.ca_helpers import REPO
+from tests.ca_helpers import REPO, pin_hardware
 
 
 def _loader(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -66,6 +66,8 @@ def ca_server(tmp_path):
         flags = ["--allow-mock"] if allow_mock else []
         done = _loader("ca", "init", "--dir", str(ca_dir), *flags)
         assert done.returncode == 0, done.stderr
+        if not allow_mock:
+            pin_hardware(ca_dir)
         servers.append(CaProcess(ca_dir))
         return ca_dir, servers[-1].url
 

@@ -23,7 +23,7 @@ from certs.csr import build_csr
 from certs.ratelimit import Rate
 from certs.service import BackgroundServer, Limits
 from loader.enroll import CaUnavailable, EnrollmentError, EnrollmentRefused, check_issued, enroll
-from tests.ca_helpers import REPO, Cvm, make_ca
+from tests.ca_helpers import REPO, Cvm, make_ca, pin_hardware
 
 
 @pytest.fixture(scope="module")
@@ -302,6 +302,7 @@ def test_cli_init_then_serve_refuses_mock_without_allow_mock(tmp_path):
     assert (ca_dir / "ca-key.pem").stat().st_mode & 0o777 == 0o600
     again = _cli("ca", "init", "--dir", str(ca_dir), "--allow-mock")
     assert again.returncode == 1 and "refusing to overwrite" in again.stderr
+    pin_hardware(ca_dir)
     proc, url = _serve(ca_dir)
     try:
         status, _, body = _call(url, "GET", "/v1/ca.pem")

@@ -106,3 +106,47 @@ def test_an_unreachable_rim_service_aborts(demo_dir, vectors) -> None:
     (reason,) = state.reasons
     assert "no collateral" in reason and "unreachable" in reason
     assert state.collateral["needed"] is True and state.collateral["sets"] == []
+
+
+# --- OCSP for the GPU chain ([collateral] ocsp_url; tests/ocsp_responder.py, a TEST CA) ---------
+
+
+def test_an_ocsp_answer_not_signed_by_the_chain_aborts_at_boot(demo_dir, vectors, test_ca_rims) -> None:
+    from tests.ocsp_responder import OcspServer, Pki, Responder
+
+    root, rims = test_ca_rims
+    (demo_dir / "test-rim-root.pem").write_bytes(root)
+    responder = Responder(Pki())
+    with serving(_serve(vectors, rims["vbios"], rims["driver"])) as url, OcspServer(responder) as ocsp_url:
+        settings = f'rim_url = "{url}"\nrim_root = "test-rim-root.pem"\nocsp_url = "{ocsp_url}"'
+        state = _state(demo_dir, vectors, settings)
+        boot_mod._collateral(state)
+    assert responder.requests == 1  # the leaf's answer is refused; the boot asks no further
+    (reason,) = state.reasons
+    assert "OCSP response is not signed by" in reason and "GSP" in reason
+
+
+def test_recorded_ocsp_answers_are_judged_again(vectors, test_ca_rims) -> None:
+    """A report's collateral carrying OCSP answers for the real chain that the TEST CA signed:
+    the GPU judgement fails on them; without them it passes with the advisory."""
+    import itertools
+
+    from attestation.nvidia import ocsp
+    from attestation.nvidia.device import load_chain
+    from loader.collateral import judge_one
+    from tests.nvidia_helpers import NOW, REPORT_NONCE
+    from tests.ocsp_responder import Pki, Responder
+
+    root, rims = test_ca_rims
+    ev = real_evidence(vectors)
+    files = {"rim:vbios": rims["vbios"], "rim:driver": rims["driver"]}
+    roots = {"nvidia-rim": root}
+    plain = judge_one(1, ev, files, at=NOW, expected_nonce=REPORT_NONCE, roots=roots)
+    assert plain.ok and any(a.startswith(ocsp.NOT_CHECKED) for a in plain.advisories), plain.line()
+    responder = Responder(Pki())
+    certs = load_chain(ev.aux["chain"])
+    for n, (cert, issuer) in enumerate(itertools.pairwise(certs)):
+        files[f"ocsp:{n}"] = responder.answer(ocsp.build_request(cert, issuer, bytes(32)))
+    judged = judge_one(1, ev, files, at=NOW, expected_nonce=REPORT_NONCE, roots=roots)
+    assert not judged.ok and judged.detail.startswith("ocsp:0: ") and "is not signed by" in judged.detail
+    assert not any(a.startswith(ocsp.NOT_CHECKED) for a in judged.advisories)

@@ -1,4 +1,5 @@
-"""`trusted-loader evidence verify --type nvidia REPORT --chain PEM [--nonce HEX] [--rim FILE ...]`.
+"""`trusted-loader evidence verify --type nvidia REPORT --chain PEM [--nonce HEX] [--rim FILE ...]
+[--ocsp-url URL]`.
 
 Exit 0 verified, 1 rejected (any failed check, malformed report included), 2 usage or I/O.
 """
@@ -12,6 +13,8 @@ from pathlib import Path
 
 from attestation.clikit import EXIT_USAGE, add_common, appraisal_of, emit, hex_arg, read_file, run_guarded
 from attestation.evidence import Evidence, Trust
+from attestation.nvidia.ocsp import DEFAULT_URL as DEFAULT_OCSP_URL
+from attestation.nvidia.ocsp import with_revocation
 from attestation.nvidia.spdm import NONCE_LEN
 from attestation.nvidia.verifier import DEVICE_ROOT_KEY, RIM_PREFIX, RIM_ROOT_KEY, NvidiaVerifier
 
@@ -32,6 +35,12 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--require-rims", action="store_true", help="fail unless driver and VBIOS RIMs match")
     p.add_argument("--device-root", type=Path, help="override the bundled NVIDIA Device Identity CA")
     p.add_argument("--rim-root", type=Path, help="override the bundled NVIDIA RIM root")
+    p.add_argument(
+        "--ocsp-url",
+        metavar="URL",
+        help="check every certificate of the chain with this OCSP responder (NVIDIA's: "
+        f"{DEFAULT_OCSP_URL}); without it revocation is not checked and an advisory says so",
+    )
     add_common(p)
     return p
 
@@ -49,12 +58,12 @@ def _run(args: argparse.Namespace) -> int:
     if args.rim_root:
         roots[RIM_ROOT_KEY] = read_file(args.rim_root, "RIM root")
     trust = Trust(roots=roots, collateral=collateral, options={"require_rims": args.require_rims})
+    at = args.at or dt.datetime.now(dt.UTC)
     result = NvidiaVerifier().verify(
-        Evidence(type="nvidia", data=data, aux={}),
-        expected_report_data=args.nonce,
-        trust=trust,
-        at=args.at or dt.datetime.now(dt.UTC),
+        Evidence(type="nvidia", data=data, aux={}), expected_report_data=args.nonce, trust=trust, at=at
     )
+    if args.ocsp_url:
+        result = with_revocation(result, chain, url=args.ocsp_url, at=at)
     return emit(result, as_json=args.json, source=str(args.report), appraisal=appraisal_of(args))
 
 
