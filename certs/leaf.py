@@ -11,7 +11,8 @@ each at least as strict as OpenSSL's for a leaf whose issuers it already accepte
 - the leaf's issuer name is byte-for-byte the issuer's subject, no other given certificate
   carries that name (so OpenSSL's path building could pick no other issuer), and the leaf is
   not self-issued;
-- the leaf's authority key identifier is a key identifier equal to the issuer's subject key
+- the leaf has no authority key identifier (an AMD VCEK; OpenSSL then goes by the name, which
+  only the issuer carries), or one that is a key identifier equal to the issuer's subject key
   identifier, with no issuer/serial form;
 - the issuer's key verifies the leaf's signature;
 - the leaf is not a CA, and carries only extensions OpenSSL handles the same way whatever the
@@ -80,10 +81,12 @@ def _extensions_ok(leaf: x509.Certificate) -> bool:
 
 
 def _key_identifier_is(leaf: x509.Certificate, skid: bytes | None) -> bool:
+    """No authority key identifier (OpenSSL then matches by name alone, as here), or a key
+    identifier equal to the issuer's subject key identifier and no issuer/serial form."""
     try:
         akid = leaf.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
     except x509.ExtensionNotFound:
-        return False
+        return True
     return (
         skid is not None
         and akid.key_identifier == skid

@@ -22,6 +22,7 @@ from attestation.tdx import quote, verifier
 from certs import chain, memo
 from certs import leaf as new_leaf
 from certs.errors import ChainError
+from tests.snp_helpers import snp
 from tests.tdx_helpers import QUOTES, quote_bytes, tdx, utc
 
 CRLS = [
@@ -287,3 +288,24 @@ def test_a_tampered_synthetic_leaf_is_refused(pki: _Synthetic) -> None:
     assert not new_leaf.accepted(tampered, issuers, AT)
     with pytest.raises(ChainError):
         pki.verify(tampered)
+
+
+def test_direct_checks_agree_with_openssl_on_real_amd_vceks_at_every_time() -> None:
+    """Two real Milan VCEKs (RSA-PSS, serial 0, no authority key identifier) under one ASK."""
+    with chain.serial_warnings_quiet():
+        vceks = [
+            chain.load_certificates(snp(name))[0]
+            for name in ("virtee-sev/vcek_milan.der", "go-sev-guest/vcek.testcer")
+        ]
+        ask, ark = chain.load_certificates(snp("virtee-sev/cert_chain_milan"))
+        issuers = _issuers([ask, ark], [], "none")
+        results = []
+        for vcek in vceks:
+            for at in [
+                utc(t) for t in ("2020-01-01", "2022-09-25", "2026-11-21", "2045-01-01", "2060-01-01")
+            ]:
+                path_ok = _openssl(ask, [ark], at, [], "none")
+                direct = path_ok and new_leaf.accepted(vcek, issuers, at)
+                assert direct == _openssl(vcek, [ask, ark], at, [], "none"), (vcek.subject, at)
+                results.append(direct)
+    assert any(results) and not all(results)
