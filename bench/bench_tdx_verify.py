@@ -21,7 +21,8 @@ signature: the benchmark checks that a flipped quote-signature byte gives a sign
 instead, so the timed calls did all of dcap-qvl's cryptographic work.
 
 Run: PYTHONPATH=. python bench/bench_tdx_verify.py [iterations]
-Exit 0 when warm is within 1.5x of dcap-qvl (or dcap-qvl is absent) and under the 10 ms budget.
+Exit 0 when warm and new platform are within 1.5x of dcap-qvl (or dcap-qvl is absent) and warm
+is under the 10 ms budget.
 """
 
 from __future__ import annotations
@@ -155,9 +156,9 @@ def main(iterations: int = 300) -> int:
     print(
         f"ratio to dcap-qvl: warm {warm / theirs:.2f}x, new platform {new_platform / theirs:.2f}x, "
         f"cold {cold / theirs:.2f}x "
-        f"(target: warm <= {TARGET_RATIO}x)"
+        f"(target: warm and new platform <= {TARGET_RATIO}x)"
     )
-    return 0 if ok and warm / theirs <= TARGET_RATIO else 1
+    return 0 if ok and max(warm, new_platform) / theirs <= TARGET_RATIO else 1
 
 
 if __name__ == "__main__":

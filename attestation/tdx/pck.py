@@ -58,6 +58,14 @@ def _bad(where: str, what: str) -> EvidenceFormatError:
 
 def _tlv(data: bytes, pos: int, where: str) -> _Tlv:
     """One DER element at `pos`: identifier octets (any class, minimal high tag), definite minimal length."""
+    if pos + 1 < len(data) and data[pos] & 0x1F != 0x1F and data[pos + 1] < 0x80:  # low tag, short length
+        end = pos + 2 + data[pos + 1]
+        if end <= len(data):
+            return _Tlv(data[pos : pos + 1], data[pos + 2 : end], end)
+    return _tlv_general(data, pos, where)
+
+
+def _tlv_general(data: bytes, pos: int, where: str) -> _Tlv:
     start = pos
     if pos >= len(data):
         raise _bad(where, f"element expected at offset {pos}, found the end")
