@@ -111,7 +111,6 @@ class IssuerPath:
     path: tuple[x509.Certificate, ...]
     windows: memo.Windows
     issuer_name: bytes
-    issuer_der: bytes
     issuer_skid: bytes | None
     name_clash: bool
     crl: x509.CertificateRevocationList | None
@@ -144,7 +143,6 @@ class IssuerPath:
             path=tuple(path),
             windows=memo.Windows.of(path, crls),
             issuer_name=name,
-            issuer_der=der(issuer),
             issuer_skid=skid,
             name_clash=any(_name(c.subject) == name and der(c) != der(issuer) for c in given),
             crl=matching[0] if unscoped else None,
@@ -164,7 +162,16 @@ def _crl_applies_whole(leaf: x509.Certificate) -> bool:
 
 def accepted(leaf: x509.Certificate, issuers: IssuerPath, at: dt.datetime) -> bool:
     """True only where OpenSSL, given the inputs `issuers` was validated with and `leaf`,
-    accepts `leaf` at `at` with that path above it. Serial warnings are the caller's."""
+    accepts `leaf` at `at` with that path above it; False also where the leaf cannot be read
+    (cryptography parses lazily: a certificate not loaded through certs/chain.py may still hold
+    a malformed extension). Serial warnings are the caller's."""
+    try:
+        return _accepted(leaf, issuers, at)
+    except (ValueError, UnsupportedAlgorithm, x509.DuplicateExtension, x509.UnsupportedGeneralNameType):
+        return False
+
+
+def _accepted(leaf: x509.Certificate, issuers: IssuerPath, at: dt.datetime) -> bool:
     if issuers.name_clash or not (issuers.windows.hold_at(at) and memo.Windows.of([leaf]).hold_at(at)):
         return False
     issuer_name = _name(leaf.issuer)

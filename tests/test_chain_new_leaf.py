@@ -309,3 +309,27 @@ def test_direct_checks_agree_with_openssl_on_real_amd_vceks_at_every_time() -> N
                 assert direct == _openssl(vcek, [ask, ark], at, [], "none"), (vcek.subject, at)
                 results.append(direct)
     assert any(results) and not all(results)
+
+
+def test_a_leaf_with_a_malformed_extension_is_left_to_openssl_which_refuses_it() -> None:
+    """cryptography parses extensions lazily: a certificate built outside certs/chain.py's loader
+    may raise on first reading them; the direct checks must not leak that as another error."""
+    seed = _pck("trustee_4")
+    der = bytearray(seed[0].public_bytes(serialization.Encoding.DER))
+    key_usage = bytes.fromhex("0603551d0f0101ff04040302")  # keyUsage, critical, OCTET STRING { BIT STRING
+    at_bits = der.index(key_usage) + len(key_usage) - 2
+    der[at_bits] = 0x05  # the BIT STRING tag becomes NULL: the extension no longer parses
+    broken = x509.load_der_x509_certificate(bytes(der))
+    with pytest.raises(ValueError):
+        _ = broken.extensions
+    at = utc("2023-07-01")
+    issuers = _issuers([seed[1], verifier.bundled_root()], CRLS, "all")
+    assert not new_leaf.accepted(broken, issuers, at)
+    memo.clear_all()
+    chain.verify_chain(
+        seed[0], intermediates=seed[1:], roots=[verifier.bundled_root()], at=at, crls=CRLS, crl_mode="all"
+    )
+    with pytest.raises(ChainError):
+        chain.verify_chain(
+            broken, intermediates=seed[1:], roots=[verifier.bundled_root()], at=at, crls=CRLS, crl_mode="all"
+        )
