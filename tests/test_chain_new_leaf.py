@@ -17,11 +17,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from attestation.tdx import quote, verifier
 from certs import chain, memo
 from certs import leaf as new_leaf
-from certs.errors import ChainError
+from certs.errors import CertificateFormatError, ChainError
 from tests.snp_helpers import snp
 from tests.tdx_helpers import QUOTES, quote_bytes, tdx, utc
 
@@ -333,3 +335,31 @@ def test_a_leaf_with_a_malformed_extension_is_left_to_openssl_which_refuses_it()
         chain.verify_chain(
             broken, intermediates=seed[1:], roots=[verifier.bundled_root()], at=at, crls=CRLS, crl_mode="all"
         )
+
+
+PEMS = [c.public_bytes(serialization.Encoding.PEM) for c in _pck("trustee_4")]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    picks=st.lists(st.integers(0, len(PEMS) - 1), min_size=1, max_size=4),
+    junk=st.sampled_from([b"", b"\n", b" ", b"x", b"-----", b"\r\n", b"=", b"A"]),
+    where=st.integers(0, 4000),
+)
+def test_a_bundle_read_block_by_block_reads_as_the_whole_bundle(picks: list, junk: bytes, where: int) -> None:
+    """The per-block cache (certs/chain.py) gives exactly what parsing the whole bundle gives."""
+    bundle = b"".join(PEMS[i] for i in picks)
+    where %= len(bundle) + 1
+    data = bundle[:where] + junk + bundle[where:]
+    memo.clear_all()
+    try:
+        mine = [c.public_bytes(serialization.Encoding.DER) for c in chain.load_certificates(data)]
+    except CertificateFormatError:
+        mine = None
+    try:
+        whole = [
+            c.public_bytes(serialization.Encoding.DER) for c in chain._parse_certificates(data, "bundle")
+        ]
+    except CertificateFormatError:
+        whole = None
+    assert mine == whole
