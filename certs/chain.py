@@ -3,7 +3,10 @@
 Path building and checking are OpenSSL's (through pyOpenSSL's X509Store), not ours: the
 vendor chains (Intel PCK, AMD VCEK with RSA-PSS and serial 0, NVIDIA device chains) are
 accepted by OpenSSL but not by stricter Web-PKI validators, and one validator for all chains
-keeps one set of rules.
+keeps one set of rules. One narrow exception, for speed on a new platform or chip: a leaf never
+seen before under an issuer path OpenSSL already validated with the same exact inputs is
+accepted by direct checks that are each at least as strict as OpenSSL's (certs/leaf.py); they
+never reject, so every rejection is still OpenSSL's.
 """
 
 from __future__ import annotations
