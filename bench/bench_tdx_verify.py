@@ -8,8 +8,10 @@ quote and collateral bytes, loaded once. Printed (medians after warm-up):
   collateral, issuer chains and PCK chains are remembered by their exact bytes (certs/memo.py),
   their validity windows and the collateral's freshness are checked at each call's `at`, and the
   per-quote work (parse, QE report and quote signatures, TCB evaluation) runs every time;
-- new platform: the collateral remembered, the PCK chain not (a quote from a platform not seen
-  before: its PCK chain is parsed and validated with OpenSSL, CRLs included);
+- new platform: the collateral and the CA certificates remembered, the PCK leaf not (a quote from
+  a platform not seen before, under a PCK CA seen before: the leaf is parsed, checked directly
+  under the issuer path OpenSSL validated before (certs/leaf.py), CRL included, and its SGX
+  extensions read);
 - cold: every cache emptied before each call (a first verification);
 - dcap-qvl 0.7.0 (`pip install 'cvm-trusted-loader[bench]'`), which caches nothing.
 
@@ -19,7 +21,8 @@ signature: the benchmark checks that a flipped quote-signature byte gives a sign
 instead, so the timed calls did all of dcap-qvl's cryptographic work.
 
 Run: PYTHONPATH=. python bench/bench_tdx_verify.py [iterations]
-Exit 0 when warm is within 1.5x of dcap-qvl (or dcap-qvl is absent) and under the 10 ms budget.
+Exit 0 when warm and new platform are within 1.5x of dcap-qvl (or dcap-qvl is absent) and warm
+is under the 10 ms budget.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from pathlib import Path
 
 from attestation.evidence import Evidence, Trust
 from attestation.tdx import collateral as coll
+from attestation.tdx import quote
 from attestation.tdx import verifier as tdx_verifier
 from attestation.tdx.verifier import TdxVerifier
 from certs import chain, memo
@@ -71,12 +75,18 @@ def _median_ms(fn: Callable[[], object], iterations: int, before: Callable[[], N
     return statistics.median(samples) * 1000
 
 
-def _forget_platforms() -> None:
-    """Everything learnt from PCK chains; the verified collateral stays remembered."""
-    tdx_verifier._PCK_PATHS.clear()
-    tdx_verifier._PCK_EXTENSIONS.clear()
-    chain._PATHS.clear()
-    chain._CERTS.clear()
+def _forget_platforms(leaf_block: bytes) -> Callable[[], None]:
+    """Everything learnt from this quote's PCK leaf; what a verifier learnt from the collateral
+    and the CA certificates above the leaf (shared by every platform of that CA) stays."""
+
+    def forget() -> None:
+        tdx_verifier._PCK_PATHS.clear()
+        tdx_verifier._PCK_EXTENSIONS.clear()
+        chain._PATHS.clear()
+        chain._CERTS.clear()
+        chain._PEM_BLOCKS.discard(leaf_block)
+
+    return forget
 
 
 def _dcap_call(quote: bytes, collateral: dict[str, bytes]) -> Callable[[], object] | None:
@@ -129,10 +139,12 @@ def main(iterations: int = 300) -> int:
 
     warm = _median_ms(ours, iterations)
     fewer = max(iterations // 5, 20)
-    new_platform = _median_ms(ours, fewer, before=_forget_platforms)
+    pem = quote.parse(data).pck_chain_pem
+    leaf_block = pem[: pem.index(b"-----END CERTIFICATE-----\n") + len(b"-----END CERTIFICATE-----\n")]
+    new_platform = _median_ms(ours, fewer, before=_forget_platforms(leaf_block))
     cold = _median_ms(ours, fewer, before=memo.clear_all)
     print(f"tdx verify, warm: median {warm:.2f} ms over {iterations} runs")
-    print(f"tdx verify, new platform (PCK chain not remembered): median {new_platform:.2f} ms")
+    print(f"tdx verify, new platform (PCK leaf not seen before): median {new_platform:.2f} ms")
     print(f"tdx verify, cold (caches emptied each call): median {cold:.2f} ms")
     ok = warm < BUDGET_MS
     dcap = _dcap_call(data, collateral)
@@ -144,9 +156,9 @@ def main(iterations: int = 300) -> int:
     print(
         f"ratio to dcap-qvl: warm {warm / theirs:.2f}x, new platform {new_platform / theirs:.2f}x, "
         f"cold {cold / theirs:.2f}x "
-        f"(target: warm <= {TARGET_RATIO}x)"
+        f"(target: warm and new platform <= {TARGET_RATIO}x)"
     )
-    return 0 if ok and warm / theirs <= TARGET_RATIO else 1
+    return 0 if ok and max(warm, new_platform) / theirs <= TARGET_RATIO else 1
 
 
 if __name__ == "__main__":

@@ -3,7 +3,10 @@
 Path building and checking are OpenSSL's (through pyOpenSSL's X509Store), not ours: the
 vendor chains (Intel PCK, AMD VCEK with RSA-PSS and serial 0, NVIDIA device chains) are
 accepted by OpenSSL but not by stricter Web-PKI validators, and one validator for all chains
-keeps one set of rules.
+keeps one set of rules. One narrow exception, for speed on a new platform or chip: a leaf never
+seen before under an issuer path OpenSSL already validated with the same exact inputs is
+accepted by direct checks that are each at least as strict as OpenSSL's (certs/leaf.py); they
+never reject, so every rejection is still OpenSSL's.
 """
 
 from __future__ import annotations
@@ -20,19 +23,27 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.utils import CryptographyDeprecationWarning
 
+from certs import leaf as new_leaf
 from certs import memo
 from certs.errors import CertificateFormatError, ChainError
 
 CrlMode = Literal["none", "leaf", "all"]
 
 _PEM_CERT = b"-----BEGIN CERTIFICATE-----"
+_PEM_BEGIN = b"-----BEGIN CERTIFICATE-----\n"
+_PEM_END = b"-----END CERTIFICATE-----\n"
+_BASE64_LINES = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=\n"
 MAX_CERT_BYTES = 256 * 1024
 
 
 _CERTS: memo.Lru[bytes, tuple[x509.Certificate, ...]] = memo.cache()
+_PEM_BLOCKS: memo.Lru[bytes, x509.Certificate] = memo.cache()
+"""One certificate per exact PEM block: a new PCK chain shares its CA blocks with the chains before."""
 _CRLS: memo.Lru[bytes, x509.CertificateRevocationList] = memo.cache()
 _DER: memo.Lru[int, tuple[object, bytes]] = memo.cache(4 * memo.DEFAULT_SIZE)
 _PATHS: memo.Lru[memo.Key, tuple[tuple[x509.Certificate, ...], memo.Windows]] = memo.cache()
+_ISSUER_PATHS: memo.Lru[memo.Key, new_leaf.IssuerPath] = memo.cache()
+"""Issuer paths (the validated chain less its leaf) by everything but the leaf (certs/leaf.py)."""
 
 
 def _der(obj: x509.Certificate | x509.CertificateRevocationList) -> bytes:
@@ -74,10 +85,32 @@ def load_certificates(data: bytes, *, what: str = "certificates") -> list[x509.C
     known = _CERTS.get(data)
     if known is not None:
         return list(known)
-    certs = _parse_certificates(data, what)
+    certs = _by_block(data, what) or _parse_certificates(data, what)
     for cert in certs:
         _der(cert)
     _CERTS.put(data, tuple(certs))
+    return certs
+
+
+def _by_block(data: bytes, what: str) -> list[x509.Certificate] | None:
+    """A bundle that is exactly canonical PEM blocks (LF), each parsed once per exact block bytes;
+    None for any other form (the whole bundle is then parsed as given)."""
+    if len(data) > MAX_CERT_BYTES or not data.startswith(_PEM_BEGIN):
+        return None
+    bodies = data.split(_PEM_END)
+    if bodies.pop() != b"" or any(
+        not body.startswith(_PEM_BEGIN) or body[len(_PEM_BEGIN) :].translate(None, _BASE64_LINES)
+        for body in bodies
+    ):
+        return None
+    certs = []
+    for block in (body + _PEM_END for body in bodies):
+        cert = _PEM_BLOCKS.get(block)
+        if cert is None:
+            (cert,) = _parse_certificates(block, what)
+            _der(cert)
+            _PEM_BLOCKS.put(block, cert)
+        certs.append(cert)
     return certs
 
 
@@ -157,6 +190,8 @@ def verify_chain(
     A success is remembered under the exact DER of every certificate and CRL given and the
     mode (certs/memo.py), and reused only while every certificate of the path it built and
     every CRL given is valid at `at`; otherwise, and for every failure, OpenSSL decides again.
+    The issuer path of a success is remembered too (without the leaf): a new leaf under it is
+    accepted by certs/leaf.py's direct checks where they all hold, else OpenSSL decides.
     """
     root_list = list(roots)
     if not root_list:
@@ -164,19 +199,43 @@ def verify_chain(
     if at.tzinfo is None:
         raise ValueError("verify_chain: `at` must be timezone-aware")
     used_crls = tuple(crls) if crl_mode != "none" else ()
-    key = (
+    above = (
         crl_mode,
-        _der(leaf),
         *(b"i" + _der(c) for c in intermediates),
         *(b"r" + _der(c) for c in root_list),
         *(b"c" + _der(c) for c in used_crls),
     )
+    key = (_der(leaf), *above)
     known = _PATHS.get(key)
     if known is not None and known[1].hold_at(at):
         return list(known[0])
-    chain = _openssl_verify(leaf, list(intermediates), root_list, at, used_crls, crl_mode)
+    chain = _directly_under_known_issuers(leaf, above, at)
+    if chain is None:
+        chain = _openssl_verify(leaf, list(intermediates), root_list, at, used_crls, crl_mode)
+        issuers = new_leaf.IssuerPath.of(
+            chain[1:],
+            given=[*intermediates, *root_list],
+            crls=used_crls,
+            check_crl=crl_mode != "none",
+            der=_der,
+        )
+        if issuers is not None:
+            _ISSUER_PATHS.put(above, issuers)
     _PATHS.put(key, (tuple(chain), memo.Windows.of(chain, used_crls)))
     return chain
+
+
+def _directly_under_known_issuers(
+    leaf: x509.Certificate, above: memo.Key, at: dt.datetime
+) -> list[x509.Certificate] | None:
+    """[leaf, *issuer path] where OpenSSL validated that issuer path with these exact inputs and
+    `leaf` meets certs/leaf.py's conditions at `at`; None where OpenSSL must decide."""
+    issuers = _ISSUER_PATHS.get(above)
+    if issuers is None:
+        return None
+    with serial_warnings_quiet():
+        ok = new_leaf.accepted(leaf, issuers, at)
+    return [leaf, *issuers.path] if ok else None
 
 
 def _openssl_verify(
@@ -214,4 +273,6 @@ def _openssl_verify(
         except crypto.Error as exc:
             # cryptography parses certificates lazily; OpenSSL may still refuse one (bad UTF8String...).
             raise ChainError(f"OpenSSL cannot load a certificate of the chain: {exc}") from exc
-        return [c.to_cryptography() for c in chain]
+        given = {_der(c): c for c in (leaf, *intermediates, *root_list)}
+        verified = [c.to_cryptography() for c in chain]
+        return [given.get(_der(c), c) for c in verified]

@@ -1,6 +1,7 @@
 """The AMD-specific X.509 extensions of VCEK and VLEK certificates (AMD KDS spec, pub. 57230).
 
-Parsed with asn1crypto, which reads serial-0 certificates (every VCEK) without complaint.
+The certificate is parsed with pyca `cryptography` (serial-0 warnings silenced: every VCEK has
+serial 0), the extension values with asn1crypto (strict DER).
 OIDs under 1.3.6.1.4.1.3704.1: .1 structVersion, .2 productName (IA5String), .3.1 blSPL,
 .3.2 teeSPL, .3.3 snpSPL, .3.8 ucodeSPL, .3.9 fmcSPL (Turin) as INTEGERs; .4 hwID is the raw
 chip ID (64 bytes; 8 on Turin) without DER wrapping; .5 cspID names the VLEK's cloud provider.
@@ -10,12 +11,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from asn1crypto import core, x509
+from asn1crypto import core
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.x509.oid import NameOID
 
 from attestation.errors import ASN1_PARSE_ERRORS, EvidenceFormatError
 from attestation.sevsnp import products
 from attestation.sevsnp.products import Product
 from certs import memo
+from certs.chain import serial_warnings_quiet
 
 ARC = "1.3.6.1.4.1.3704.1"
 OID_STRUCT_VERSION = f"{ARC}.1"
@@ -54,8 +59,18 @@ def one_line(exc: BaseException) -> str:
 
 
 def _cn(name: x509.Name) -> str:
-    value = name.native.get("common_name", "")
-    return value if isinstance(value, str) else ""
+    """The one common name, "" when there is none or more than one."""
+    values = name.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(values[0].value) if len(values) == 1 else ""
+
+
+_X509_ERRORS = (
+    ValueError,
+    UnsupportedAlgorithm,
+    x509.InvalidVersion,
+    x509.DuplicateExtension,
+    x509.UnsupportedGeneralNameType,
+)
 
 
 def _integer(raw: bytes, oid: str, what: str) -> int:
@@ -94,11 +109,17 @@ def _parse(der: bytes, what: str) -> KeyCertInfo:
     if len(der) > MAX_CERT_BYTES:
         raise EvidenceFormatError(f"{what}: {len(der)} bytes, more than {MAX_CERT_BYTES}")
     try:
-        cert = x509.Certificate.load(der, strict=True)
-        tbs = cert["tbs_certificate"]
-        subject_cn, issuer_cn = _cn(tbs["subject"]), _cn(tbs["issuer"])
-        raw_exts = [(e["extn_id"].dotted, e["extn_value"].contents) for e in tbs["extensions"]]
-    except ASN1_PARSE_ERRORS as exc:
+        with serial_warnings_quiet():
+            cert = x509.load_der_x509_certificate(der)
+            subject_cn, issuer_cn = _cn(cert.subject), _cn(cert.issuer)
+            raw_exts = [
+                (
+                    e.oid.dotted_string,
+                    e.value.value if isinstance(e.value, x509.UnrecognizedExtension) else b"",
+                )
+                for e in cert.extensions
+            ]
+    except _X509_ERRORS as exc:
         raise EvidenceFormatError(f"{what}: not a DER X.509 certificate ({one_line(exc)})") from exc
     seen: set[str] = set()
     spls: dict[str, int] = {}

@@ -92,7 +92,8 @@ def _same_as_verified(embedded: list[x509.Certificate], verified: list[x509.Cert
     path building would otherwise ignore in favour of the trusted root."""
     der = serialization.Encoding.DER
     if len(embedded) > len(verified) or any(
-        a.public_bytes(der) != b.public_bytes(der) for a, b in zip(embedded, verified, strict=False)
+        a is not b and a.public_bytes(der) != b.public_bytes(der)
+        for a, b in zip(embedded, verified, strict=False)
     ):
         raise EvidenceFormatError(
             "PCK certificate chain: embedded certificates differ from the validated chain"
