@@ -129,7 +129,7 @@ def parse_reference(raw: bytes, source: str) -> ReferenceValues:
     """Parse a reference-values document; errors name `source` and the field."""
     import hashlib
 
-    from certs import jsonlimits
+    from x509kit import jsonlimits
 
     if len(raw) > MAX_REFERENCE_BYTES:
         raise ReferenceError(f"{source}: {len(raw)} bytes, more than the {MAX_REFERENCE_BYTES} allowed")

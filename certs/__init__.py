@@ -1,4 +1,5 @@
-"""X.509 for trusted-loader: chain validation, the evidence extension, certificate issuance.
+"""Certificates of trusted-loader: the evidence extension, CSRs, self-issue, and the CA issuing them.
 
-A library shared by the loader, the CA service and verifiers; it never imports `loader`.
+Above `attestation` (the CA appraises evidence) and `x509kit` (chain validation); it never imports
+`loader`.
 """

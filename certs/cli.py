@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from certs.errors import CertsError
+from x509kit.errors import CertsError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 

@@ -36,9 +36,10 @@ from typing import Any
 
 from aiohttp import web
 
-from certs import jsonlimits, wire
+from certs import wire
 from certs.ca import CertificateAuthority, Refusal
 from certs.ratelimit import Rate, RateLimiter
+from x509kit import jsonlimits
 
 log = logging.getLogger("certs.service")
 

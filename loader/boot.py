@@ -26,7 +26,6 @@ from attestation.errors import AttesterUnavailable, VerificationError
 from attestation.nvidia import GPU_EVIDENCE_TYPES
 from attestation.nvidia import gpu_attester as gpu_attester_for
 from attestation.rtmr import event_value
-from certs.errors import CertsError
 from certs.selfissue import self_issue
 from loader import boundary, containment, enroll, multiparty, sandbox
 from loader.config import LoaderConfig
@@ -42,6 +41,7 @@ from loader.report import input_event, sign_report, utc_text
 from loader.runner import StagedPaths, WorkloadResult, run_process
 from loader.spool import atomic_write, spool_report
 from loader.stage import Measurement, make_private_dir, stage_input, wipe
+from x509kit.errors import CertsError
 
 log = logging.getLogger("trusted-loader")
 
@@ -263,7 +263,7 @@ def _enroll(state: BootState, attester: Attester) -> None:
     cfg = state.cfg
     pinned = None
     if cfg.ca_cert is not None:
-        from certs.chain import load_certificates
+        from x509kit.chain import load_certificates
 
         try:
             pinned = load_certificates(cfg.ca_cert.read_bytes(), what=str(cfg.ca_cert))[0]

@@ -456,7 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from certs.chain import quiet_serial_warnings_globally
+    from x509kit.chain import quiet_serial_warnings_globally
 
     argv = sys.argv[1:] if argv is None else argv
     quiet_serial_warnings_globally()
@@ -478,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _certs_errors() -> type[Exception]:
-    from certs.errors import CertsError
+    from x509kit.errors import CertsError
 
     return CertsError
 

@@ -22,8 +22,6 @@ from attestation import AttestationError, Evidence, Result, Trust, binding, veri
 from attestation.nvidia import GPU_EVIDENCE_TYPES
 from attestation.reference import Appraisal, appraise
 from attestation.rtmr import event_value
-from certs.chain import verify_chain
-from certs.errors import CertsError
 from certs.extensions import decode_evidence_extension
 from loader import boundary, cose
 from loader.boundary import WORKLOAD_START
@@ -33,6 +31,8 @@ from loader.errors import PolicyError, ReportError
 from loader.policy import Execution, parse_policy
 from loader.report import Report, input_event, parse_report, parse_utc
 from loader.signing import check_signatures
+from x509kit.chain import verify_chain
+from x509kit.errors import CertsError
 
 GPU_TYPES = GPU_EVIDENCE_TYPES
 _Ext = TypeVar("_Ext", bound=x509.ExtensionType)

@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from attestation.evidence import Evidence
-from certs import jsonlimits, wire
+from certs import wire
 from certs.ca import CertificateAuthority, EnrollmentRequest, Refusal
 from certs.csr import build_csr
 from certs.nonce import NonceError, NonceService
@@ -23,6 +23,7 @@ from certs.ratelimit import Rate, RateLimiter
 from certs.service import BackgroundServer, Limits
 from tests.ca_abuse import call, honest_enrollment, nonce, post, scenario
 from tests.ca_helpers import Cvm, make_ca
+from x509kit import jsonlimits
 
 
 class Clock:

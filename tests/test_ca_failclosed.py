@@ -135,7 +135,7 @@ def _leaf(chain: list[bytes]) -> dict:  # type: ignore[type-arg]
 
 
 def test_reference_and_any_image_together_are_refused_at_load(tmp_path: Path) -> None:
-    from certs.errors import CertsError
+    from x509kit.errors import CertsError
 
     with pytest.raises(CertsError, match="exclude each other"):
         _ca(tmp_path / "ca", edit=(ANY_IMAGE, ANY_IMAGE + "\nany_image = true"))

@@ -21,14 +21,14 @@ from attestation.evidence import Check, Evidence, Result
 from attestation.mock.attester import MOCK_MRTD
 from attestation.reference import platform_entry, reference_document
 from certs.ca import CLOCK_SKEW, EnrollmentRequest, Refusal, init_ca_dir, write_mock_reference
-from certs.chain import verify_chain
 from certs.csr import CsrError, build_csr, parse_csr
-from certs.errors import CertsError, ChainError
 from certs.extensions import decode_evidence_extension
 from certs.nonce import NONCE_LEN, NonceError, NonceService
 from certs.policy import PolicyError, default_policy_text, load_policy
 from tests.ca_helpers import Cvm, make_ca, pin_hardware
 from tests.vectors import vectors_dir
+from x509kit.chain import verify_chain
+from x509kit.errors import CertsError, ChainError
 
 
 class Clock:

@@ -20,7 +20,6 @@ from attestation.errors import EvidenceFormatError, VerificationError
 from attestation.evidence import Trust
 from attestation.nvidia import rim, spdm
 from attestation.nvidia.verifier import NvidiaVerifier, rim_roots
-from certs.errors import ChainError
 from tests.nvidia_helpers import (
     DRIVER_RIM_TEST,
     NOW,
@@ -30,6 +29,7 @@ from tests.nvidia_helpers import (
     VBIOS_RIM_TEST,
     real_evidence,
 )
+from x509kit.errors import ChainError
 
 
 @pytest.fixture(scope="module")

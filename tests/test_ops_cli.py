@@ -22,10 +22,10 @@ from attestation.nvidia.cli import build_parser as nvidia_parser
 from attestation.sevsnp.cli import build_parser as snp_parser
 from attestation.sevsnp.cli import main as snp_main
 from attestation.tdx.cli import _parser as tdx_parser
-from certs.chain import load_certificates
 from loader.cli import build_parser
 from tests.ops_helpers import REPO, run_loader
 from tests.vectors import vectors_dir
+from x509kit.chain import load_certificates
 
 _cli = run_loader
 
