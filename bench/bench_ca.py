@@ -5,7 +5,7 @@ then measures, for 1 client and for 4 clients (separate processes):
 
   * issue:      POST /v1/certificates only, requests prepared beforehand, one keep-alive
                 connection per client: what the CA itself sustains;
-  * end-to-end: loader.enroll.enroll() as the loader runs it (GET nonce, mock evidence, CSR,
+  * end-to-end: loader.boot.enroll.enroll() as the loader runs it (GET nonce, mock evidence, CSR,
                 POST over urllib, check of the returned chain): what a fleet of CVMs sees.
 
 Usage: PYTHONPATH=. python bench/bench_ca.py [--requests N] [--json]
@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 
 from certs import wire  # noqa: E402
 from certs.csr import build_csr  # noqa: E402
-from loader.enroll import enroll  # noqa: E402
+from loader.boot.enroll import enroll  # noqa: E402
 from tests.ca_helpers import Cvm  # noqa: E402
 
 # Throughput from one address: lift the per-client rate limit (bench_ca_abuse.py keeps it).

@@ -41,9 +41,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from loader.boot import boot  # noqa: E402
-from loader.config import load_config  # noqa: E402
-from loader.digest import default_workers, digest_path  # noqa: E402
+from loader.boot.config import load_config  # noqa: E402
+from loader.boot.sequence import boot  # noqa: E402
+from loader.measure.digest import default_workers, digest_path  # noqa: E402
 
 TARGET_MOVE, TARGET_COPY = 1.25, 1.1
 START_SCRIPT = "import sys, time\nopen(sys.argv[1] + '/started', 'w').write(repr(time.time()))\n"
@@ -104,7 +104,7 @@ def timed_load(config: Path) -> tuple[float, float, str]:
     if outcome.exit_code != 0 or outcome.output_dir is None:
         raise SystemExit(f"{config.name}: the load did not run the engine: {outcome.reasons}")
     started = float((outcome.output_dir / "output" / "started").read_text())
-    from loader.report import parse_report
+    from loader.report.document import parse_report
 
     wipe = parse_report(outcome.report).payload["wipe"]
     return started - start, end - started, f"{wipe['method']} on {wipe['medium']}"

@@ -34,7 +34,7 @@ def main() -> int:
     from loader.publish.deliver import Delivery
     from loader.publish.keyfile import read_account_key
     from loader.publish.ledger import Ledger
-    from loader.spool import spool_report
+    from loader.publish.spool import spool_report
 
     import_s = time.perf_counter() - start
     work = Path(tempfile.mkdtemp(prefix="bench-publish-"))

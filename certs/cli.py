@@ -1,6 +1,6 @@
 """`trusted-loader ca init|serve`: create a CA directory, serve it over HTTP.
 
-The lead's loader/cli.py calls `add_parser(subparsers)`; each subcommand stores its handler in
+The lead's loader/cli/main.py calls `add_parser(subparsers)`; each subcommand stores its handler in
 `func`, which takes the parsed arguments and returns an exit code (0 ok, 1 refused/failed,
 2 usage or I/O error). `python -m certs.cli ca ...` runs the same code without the loader.
 """

@@ -149,9 +149,9 @@ def _after_boot(kind: str, result: Result) -> str | None:
     """Why evidence of `kind` is not from before the loader's first RTMR3 extension, or None.
 
     The loader collects the evidence it enrolls with before it extends RTMR3 and refuses to go
-    on unless RTMR3 then holds its boot value, zero (loader/boot.py, loader/boundary.py); the CA
-    sees no event log, so any other value means something (a workload start) was extended:
-    that evidence speaks for whatever ran, not for the loader.
+    on unless RTMR3 then holds its boot value, zero (loader/boot/sequence.py,
+    loader/report/boundary.py); the CA sees no event log, so any other value means something
+    (a workload start) was extended: that evidence speaks for whatever ran, not for the loader.
     """
     if kind not in RTMR3_TYPES:
         return None

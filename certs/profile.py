@@ -11,7 +11,7 @@ def cvm_leaf(
     builder: x509.CertificateBuilder, public_key: CertificatePublicKeyTypes
 ) -> x509.CertificateBuilder:
     """An end entity whose key signs reports and, when it is an EC key, agrees keys with data
-    owners (grants wrap dataset keys to it: loader/grants.py)."""
+    owners (grants wrap dataset keys to it: loader/parties/grants.py)."""
     usage = x509.KeyUsage(
         digital_signature=True,
         content_commitment=False,

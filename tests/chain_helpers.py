@@ -123,15 +123,15 @@ def key_file(directory: Path, key: str = ANVIL_KEY) -> Path:
 
 def demo_job(workdir: Path) -> Path:
     """A demo work directory (inputs, approved list, loader.toml); returns the config path."""
-    from loader import demo
+    from loader.cli import demo
 
     return demo.build(workdir)
 
 
 def make_report(workdir: Path) -> bytes:
     """Run the demo job once (mock TEE) and return its signed report."""
-    from loader.boot import boot
-    from loader.config import load_config
+    from loader.boot.config import load_config
+    from loader.boot.sequence import boot
 
     return boot(load_config(demo_job(workdir))).report
 

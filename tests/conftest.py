@@ -39,7 +39,7 @@ def cli(
 @pytest.fixture
 def demo_dir(tmp_path: Path) -> Path:
     """A demo job directory with inputs, approved list and loader.toml, not yet run."""
-    from loader import demo
+    from loader.cli import demo
 
     workdir = tmp_path / "demo"
     demo.build(workdir)
@@ -59,7 +59,7 @@ def demo_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes]:
 def _no_test_writes_the_real_state_dir() -> Any:
     """The tests run as root, so /var/lib would be writable: every job in a test must name
     its own staging, spool and output directories rather than use the defaults there."""
-    from loader.config import STATE_DIR
+    from loader.boot.config import STATE_DIR
 
     existed = STATE_DIR.exists()
     yield

@@ -14,11 +14,12 @@ from pathlib import Path
 from attestation import binding
 from attestation.mock.attester import MockAttester
 from certs.selfissue import self_issue
-from loader import boot as bootmod
-from loader import demo, grants
-from loader.boot import BootOutcome, boot
-from loader.config import load_config
-from loader.keys import EphemeralKey
+from loader.boot import sequence as bootmod
+from loader.boot.config import load_config
+from loader.boot.keys import EphemeralKey
+from loader.boot.sequence import BootOutcome, boot
+from loader.cli import demo
+from loader.parties import grants
 
 # The CSV header lines of the demo datasets: present in plaintext, absent from ciphertext.
 MARKERS = (b"patient,age,hba1c,ldl", b"patient,age,systolic_bp,ldl")

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from loader import demo
+from loader.cli import demo
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -71,7 +71,7 @@ def approve_configured_run(config: Path) -> None:
     tests whose subject is not consent but an engine with its own command line or timeout."""
     import json
 
-    from loader.config import load_config
+    from loader.boot.config import load_config
 
     run = load_config(config).run
     path = config.parent / "approved.json"

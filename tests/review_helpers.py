@@ -25,9 +25,9 @@ from attestation import binding
 from attestation.mock.attester import MockAttester
 from certs.extensions import encode_evidence_extension
 from certs.selfissue import self_issue
-from loader import cose
-from loader.keys import EphemeralKey
-from loader.report import CONTENT_TYPE, parse_report, parse_utc
+from loader.boot.keys import EphemeralKey
+from loader.report import cose
+from loader.report.document import CONTENT_TYPE, parse_report, parse_utc
 
 Payload = dict[str, Any]
 

@@ -156,8 +156,8 @@ def test_output_open_refuses_a_report_signed_without_evidence(parties: Path, tmp
 
 
 def test_signed_reference_values(parties: Path, tmp_path: Path) -> None:
-    from loader.partykeys import generate, write_public
-    from loader.signing import sign_policy
+    from loader.report.partykeys import generate, write_public
+    from loader.report.signing import sign_policy
 
     publisher = generate("p384")
     write_public(publisher.public_key(), tmp_path / "pub.pem")

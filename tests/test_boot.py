@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from loader import boot as boot_mod
-from loader import demo
-from loader.boot import EXIT_ABORTED, EXIT_ATTESTATION, EXIT_WORKLOAD, boot
-from loader.config import load_config
-from loader.report import parse_report
-from loader.verify import verify_report
+from loader.boot import sequence as boot_mod
+from loader.boot.config import load_config
+from loader.boot.sequence import EXIT_ABORTED, EXIT_ATTESTATION, EXIT_WORKLOAD, boot
+from loader.cli import demo
+from loader.report.document import parse_report
+from loader.report.verify import verify_report
 from tests.conftest import cli
 
 
@@ -161,7 +161,7 @@ def test_swapped_input_after_staging_cannot_reach_engine(
 def test_private_key_never_touches_disk(demo_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from cryptography.hazmat.primitives import serialization
 
-    from loader.keys import EphemeralKey
+    from loader.boot.keys import EphemeralKey
 
     seen: list[bytes] = []
     real_discard = EphemeralKey.discard

@@ -17,10 +17,10 @@ from attestation.sevsnp.attester import SnpAttester
 from attestation.sevsnp.products import Product
 from attestation.sevsnp.roots import bundled_chain
 from attestation.tdx.attester import TdxAttester
-from loader.boot import boot
-from loader.config import load_config
-from loader.report import parse_report
-from loader.verify import verify_report
+from loader.boot.config import load_config
+from loader.boot.sequence import boot
+from loader.report.document import parse_report
+from loader.report.verify import verify_report
 from tests.snp_helpers import FakeSevGuest, der, fake_device_tree, snp
 from tests.tdx_helpers import ROOT, FakeTdxKernel, quote_bytes
 
@@ -93,9 +93,9 @@ def test_snp_boot_flow_against_fake_device(
     assert len(failed) == 2 and failed[0].startswith("evidence[0]: sev-snp: report_data"), failed
     # With the (stale) collateral step skipped the engine runs, and the report says what SEV-SNP
     # cannot give: a runtime register to mark the workload's start.
-    import loader.boot
+    import loader.boot.sequence
 
-    monkeypatch.setattr(loader.boot, "_collateral", lambda state: None)
+    monkeypatch.setattr(loader.boot.sequence, "_collateral", lambda state: None)
     ran = parse_report(boot(cfg, attester=attester).report).payload
     assert (
         ran["containment"]["boundary"] == "SEV-SNP has no runtime register: containment is the only defence"

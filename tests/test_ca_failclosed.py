@@ -25,7 +25,7 @@ from attestation.reference import reference_document
 from certs.ca import CertificateAuthority, init_ca_dir
 from certs.extensions import decode_evidence_extension
 from certs.service import BackgroundServer
-from loader.enroll import EnrollmentRefused, enroll
+from loader.boot.enroll import EnrollmentRefused, enroll
 from tests.ca_helpers import REPO, Cvm
 
 ANY_IMAGE = 'reference = "reference.json"'

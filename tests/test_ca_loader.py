@@ -136,7 +136,7 @@ def test_ca_without_allow_mock_refuses_and_the_workload_never_runs(ca_server, tm
 
 def _config(workdir: Path, ca_lines: str) -> Path:
     """The demo's job, reconfigured with the given [ca] table."""
-    from loader import demo
+    from loader.cli import demo
 
     path = demo.build(workdir)
     path.write_text(path.read_text() + "\n[ca]\n" + ca_lines)

@@ -22,7 +22,7 @@ from certs import wire
 from certs.csr import build_csr
 from certs.ratelimit import Rate
 from certs.service import BackgroundServer, Limits
-from loader.enroll import CaUnavailable, EnrollmentError, EnrollmentRefused, check_issued, enroll
+from loader.boot.enroll import CaUnavailable, EnrollmentError, EnrollmentRefused, check_issued, enroll
 from tests.ca_helpers import REPO, Cvm, make_ca, pin_hardware
 
 

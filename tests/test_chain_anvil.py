@@ -49,8 +49,8 @@ def deploy(node: Anvil, key: Path) -> str:
 
 def spool_job(workdir: Path) -> Path:
     """Run the demo job in-process without publishing; return its spool directory."""
-    from loader.boot import boot
-    from loader.config import load_config
+    from loader.boot.config import load_config
+    from loader.boot.sequence import boot
 
     assert boot(load_config(demo_job(workdir))).exit_code == 0
     return workdir / "spool"

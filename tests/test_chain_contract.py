@@ -27,8 +27,8 @@ from loader.publish import embedded, evm, evmtx
 from loader.publish.deliver import Delivery
 from loader.publish.ledger import DeliveryRecord, Ledger
 from loader.publish.sinks import DeliveryError
+from loader.publish.spool import spool_report
 from loader.publish.subject import subject_for
-from loader.spool import spool_report
 from tests.chain_helpers import REPO, make_report
 
 

@@ -18,15 +18,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loader.config import load_config
+from loader.boot.config import load_config
 from loader.errors import ConfigError, PublishError
 from loader.publish.backoff import Backoff
 from loader.publish.deliver import Delivery
 from loader.publish.keyfile import OperatorKey, read_account_key
 from loader.publish.ledger import DeliveryRecord, Ledger
 from loader.publish.sinks import DeliveryError, FileSink
+from loader.publish.spool import spool_report
 from loader.publish.subject import SUBJECT_TAG, report_subject, subject_for
-from loader.spool import spool_report
 from tests.chain_helpers import REPO, demo_job, make_report
 
 KEY_HEX = "4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318"
@@ -374,7 +374,7 @@ def test_publish_section_errors_name_the_key(tmp_path: Path, extra: str, message
 def test_run_without_publishing_does_not_import_web3(tmp_path: Path) -> None:
     config = demo_job(tmp_path / "demo")
     code = (
-        "import sys\nfrom loader.cli import main\n"
+        "import sys\nfrom loader.cli.main import main\n"
         f"rc = main(['run', '--config', {str(config)!r}])\n"
         "top = ('web3', 'eth_account', 'eth_tester', 'eth')\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in top)\n"

@@ -19,7 +19,7 @@ from attestation.sevsnp import report as snp_report
 from attestation.tdx import cli as tdx_cli
 from attestation.tdx import collateral as coll
 from attestation.tdx import pcs
-from loader.collateral import check_record
+from loader.report.collateral import check_record
 from tests.collateral_server import (
     Route,
     Served,

@@ -18,9 +18,9 @@ from attestation import binding
 from attestation.mock.attester import MockAttester
 from attestation.nvidia import spdm
 from attestation.nvidia.rimservice import rim_ids
-from loader import boot as boot_mod
-from loader.config import load_config
-from loader.keys import EphemeralKey
+from loader.boot import sequence as boot_mod
+from loader.boot.config import load_config
+from loader.boot.keys import EphemeralKey
 from tests.collateral_server import Served, rim_route, serving
 from tests.nvidia_helpers import DRIVER_RIM_TEST, VBIOS_RIM, real_evidence
 from tests.test_nvidia_rim import _cert, make_rim
@@ -133,7 +133,7 @@ def test_recorded_ocsp_answers_are_judged_again(vectors, test_ca_rims) -> None:
 
     from attestation.nvidia import ocsp
     from attestation.nvidia.device import load_chain
-    from loader.collateral import judge_one
+    from loader.report.collateral import judge_one
     from tests.nvidia_helpers import NOW, REPORT_NONCE
     from tests.ocsp_responder import Pki, Responder
 

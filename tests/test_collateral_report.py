@@ -10,11 +10,11 @@ from typing import ClassVar
 import pytest
 
 from attestation.tdx.attester import TdxAttester
-from loader import boot as boot_mod
-from loader.boot import boot
-from loader.config import load_config
-from loader.keys import EphemeralKey
-from loader.report import parse_report, sign_report
+from loader.boot import sequence as boot_mod
+from loader.boot.config import load_config
+from loader.boot.keys import EphemeralKey
+from loader.boot.sequence import boot
+from loader.report.document import parse_report, sign_report
 from tests.collateral_server import Served, go_pcs, serving
 from tests.conftest import cli
 from tests.tdx_helpers import ROOT, FakeTdxKernel, quote_bytes
@@ -226,7 +226,7 @@ def test_snp_collateral_without_the_arks_crl_is_not_enough() -> None:
     import datetime as dt
 
     from attestation.evidence import Evidence
-    from loader.collateral import judge_one
+    from loader.report.collateral import judge_one
     from tests.snp_helpers import snp
 
     ev = Evidence("sev-snp", snp("virtee-sev/report_milan.bin"))

@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
-from loader import demo
-from loader.boot import EXIT_ABORTED, boot
-from loader.config import load_config
-from loader.report import parse_report
-from loader.verify import verify_report
+from loader.boot.config import load_config
+from loader.boot.sequence import EXIT_ABORTED, boot
+from loader.cli import demo
+from loader.report.document import parse_report
+from loader.report.verify import verify_report
 from tests.appraisal_helpers import MOCK
 from tests.conftest import cli
 from tests.multiparty_helpers import build, edit_config, install_probe, run_with_agents
@@ -176,8 +176,8 @@ def test_replay_with_the_real_directory_fails_for_a_file_input(demo_dir: Path, t
 def test_staging_normalises_mode_bits(demo_dir: Path, tmp_path: Path, monkeypatch):
     """Mode bits are not measured: an executable bit set on a dataset file never reaches the
     engine, and the engine is executable whatever its original mode."""
-    from loader import stage
-    from loader.stage import InputSpec, stage_input
+    from loader.boot import stage
+    from loader.boot.stage import InputSpec, stage_input
 
     data = tmp_path / "data"
     data.mkdir()

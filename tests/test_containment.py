@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from loader.boot import boot
-from loader.config import load_config
-from loader.digest import digest_path
-from loader.report import parse_report
-from loader.verify import verify_report
+from loader.boot.config import load_config
+from loader.boot.sequence import boot
+from loader.measure.digest import digest_path
+from loader.report.document import parse_report
+from loader.report.verify import verify_report
 from tests.appraisal_helpers import MOCK
 from tests.ops_helpers import approve_configured_run, make_job
 
@@ -203,8 +203,8 @@ def _forge(loader_report: bytes, evidence_for) -> bytes:  # type: ignore[no-unty
 
     from attestation import binding
     from certs.selfissue import self_issue
-    from loader.keys import EphemeralKey
-    from loader.report import sign_report
+    from loader.boot.keys import EphemeralKey
+    from loader.report.document import sign_report
 
     key = EphemeralKey()
     payload = dict(parse_report(loader_report).payload)
@@ -282,9 +282,9 @@ def test_tdx_evidence_made_after_the_workload_started_is_refused(
     The boot's collateral step is skipped here: every real quote's collateral is stale today, so
     the job would abort before the workload-start this test is about (the collateral tests in
     test_collateral_report.py judge these quotes)."""
-    import loader.boot
+    import loader.boot.sequence
 
-    monkeypatch.setattr(loader.boot, "_collateral", lambda state: None)
+    monkeypatch.setattr(loader.boot.sequence, "_collateral", lambda state: None)
     from attestation.tdx.attester import TdxAttester
     from tests.tdx_helpers import ROOT, FakeTdxKernel, quote_bytes
     from tests.test_boot_hw import _use_tee
@@ -314,7 +314,7 @@ cat "$1" >> "$out" 2>&1 || echo secret-denied >> "$out"
 
 
 def _staged(base: Path, owner: int) -> object:
-    from loader.runner import StagedPaths
+    from loader.boot.runner import StagedPaths
 
     (base / "inputs" / "dataset").mkdir(parents=True)
     engine = base / "inputs" / "engine"
@@ -328,7 +328,7 @@ def _staged(base: Path, owner: int) -> object:
 def _probe(sandbox, paths, secret: Path, *, prefix: tuple[str, ...] = (), python: str = "") -> list[str]:  # type: ignore[no-untyped-def]
     import subprocess
 
-    from loader.runner import environment
+    from loader.boot.runner import environment
 
     paths.output.mkdir(mode=0o700)
     paths.logs.mkdir(mode=0o700)
@@ -350,7 +350,7 @@ def test_unprivileged_loader_contains_the_engine_in_a_user_namespace(tmp_path: P
     import shutil
     import tempfile
 
-    from loader.sandbox import Identity, Sandbox
+    from loader.boot.sandbox import Identity, Sandbox
 
     user = 64124
     if shutil.which("setpriv") is None:
@@ -375,7 +375,7 @@ def test_unprivileged_loader_contains_the_engine_in_a_user_namespace(tmp_path: P
 
 
 def test_gpu_device_nodes_are_passed_only_when_gpu_is_on(tmp_path: Path) -> None:
-    from loader.sandbox import Identity, Sandbox, gpu_devices
+    from loader.boot.sandbox import Identity, Sandbox, gpu_devices
 
     tee = tmp_path / "tee"
     (tee / "dev").mkdir(parents=True)
@@ -487,7 +487,7 @@ def test_a_hostile_output_tree_cannot_crash_the_loader_before_it_signs(tmp_path:
 
 
 def test_loader_files_in_a_visible_directory_are_masked_and_exposing_them_is_refused(tmp_path: Path) -> None:
-    from loader.sandbox import ContainmentError, plan
+    from loader.boot.sandbox import ContainmentError, plan
 
     job = make_job(tmp_path / "job")
     run = load_config(job.config).run

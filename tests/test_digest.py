@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loader.digest import digest_path
+from loader.boot.stage import InputSpec, stage_input
 from loader.errors import InputError
-from loader.stage import InputSpec, stage_input
+from loader.measure.digest import digest_path
 
 
 def coreutils_dir_digest(path: Path) -> str:

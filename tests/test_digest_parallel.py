@@ -16,11 +16,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from loader import digest as dg
-from loader.digest import digest_path, measure_tree
+from loader.boot.stage import InputSpec, stage_input
 from loader.errors import InputError
-from loader.progress import Progress, estimate_size, for_terminal, format_line, human_bytes
-from loader.stage import InputSpec, stage_input
+from loader.measure import digest as dg
+from loader.measure.digest import digest_path, measure_tree
+from loader.measure.progress import Progress, estimate_size, for_terminal, format_line, human_bytes
 
 needs_coreutils = pytest.mark.skipif(
     not all(shutil.which(t) for t in ("find", "sort", "xargs", "sha256sum")), reason="coreutils absent"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from loader.config import load_config
+from loader.boot.config import load_config
 from loader.errors import ConfigError
 
 BASE = """tee = "mock"

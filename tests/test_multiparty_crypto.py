@@ -18,10 +18,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from loader import archive, cose, grants, seal, stream
 from loader.errors import InputError, TrustError
-from loader.partykeys import generate, key_id
-from loader.signing import check_signatures, parse_signature, sign_policy
+from loader.parties import archive, grants, seal, stream
+from loader.report import cose
+from loader.report.partykeys import generate, key_id
+from loader.report.signing import check_signatures, parse_signature, sign_policy
 
 NOW = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.UTC)
 DOC = b'{"version": 1, "engine": {"name": "e", "digest": "sha256:00"}}\n'
@@ -210,7 +211,7 @@ def test_tar_is_deterministic_and_roundtrips(tmp_path):
     assert one.getvalue() == two.getvalue()
     one.seek(0)
     assert archive.extract_tar(one, tmp_path / "out", "t") == 3
-    from loader.digest import digest_path
+    from loader.measure.digest import digest_path
 
     assert digest_path(tmp_path / "out").digest == digest_path(src).digest
     assert os.stat(tmp_path / "out" / "a" / "run.sh").st_mode & 0o777 == 0o500

@@ -19,16 +19,16 @@ from pathlib import Path
 
 import pytest
 
-from loader import demo
-from loader.cvmcert import load_chain, verify_cvm_certificate
+from loader.cli import demo
 from loader.errors import TrustError
-from loader.grants import create_grant, load_key_file
-from loader.partykeys import generate, load_private
-from loader.report import parse_report
-from loader.seal import open_sealed
-from loader.signing import sign_policy
-from loader.spool import atomic_write
-from loader.verify import verify_report
+from loader.parties.cvmcert import load_chain, verify_cvm_certificate
+from loader.parties.grants import create_grant, load_key_file
+from loader.parties.seal import open_sealed
+from loader.publish.spool import atomic_write
+from loader.report.document import parse_report
+from loader.report.partykeys import generate, load_private
+from loader.report.signing import sign_policy
+from loader.report.verify import verify_report
 from tests.appraisal_helpers import MOCK
 from tests.multiparty_helpers import (
     build,
@@ -141,7 +141,7 @@ def test_aborts_when_the_measured_engine_is_not_the_approved_one(tmp_path, monke
 def _grants_to(workdir: Path, cert_pem: bytes | None = None, tamper: str | None = None) -> None:
     """Owners' agent: grants to `cert_pem` (default: the loader's published certificate);
     `tamper` names a dataset whose grant gets one bit flipped in `wrapped` before it is written."""
-    from loader.policy import load_policy
+    from loader.report.policy import load_policy
 
     cert = workdir / "cvm-cert.pem"
     deadline = time.monotonic() + 20
@@ -230,8 +230,8 @@ def _resign(payload: dict, mutate) -> bytes:  # type: ignore[type-arg]
     from attestation import binding
     from attestation.mock.attester import MockAttester
     from certs.selfissue import self_issue
-    from loader.keys import EphemeralKey
-    from loader.report import sign_report
+    from loader.boot.keys import EphemeralKey
+    from loader.report.document import sign_report
 
     payload = json.loads(
         json.dumps(payload, default=lambda b: {"__b": b.hex()}),
@@ -264,7 +264,7 @@ def test_report_verify_re_judges_the_embedded_signatures(tmp_path):
         p["policy"]["signatures"][0]["cose"] = bytes(cose)
 
     def swap_key(p: dict) -> None:  # type: ignore[type-arg]
-        from loader.partykeys import spki
+        from loader.report.partykeys import spki
 
         p["policy"]["signers"][0]["key"] = spki(generate("p384").public_key())
 

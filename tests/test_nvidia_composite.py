@@ -23,13 +23,13 @@ from attestation.mock.attester import MockAttester
 from attestation.nvidia.attester import NvidiaAttester
 from attestation.nvidia.mockgpu import MockGpuAttester
 from certs.selfissue import self_issue
-from loader import boot as boot_mod
-from loader.boot import EXIT_ABORTED, EXIT_ATTESTATION, boot
-from loader.config import load_config
+from loader.boot import sequence as boot_mod
+from loader.boot.config import load_config
+from loader.boot.keys import EphemeralKey
+from loader.boot.sequence import EXIT_ABORTED, EXIT_ATTESTATION, boot
 from loader.errors import ConfigError
-from loader.keys import EphemeralKey
-from loader.report import parse_report, sign_report
-from loader.verify import verify_report
+from loader.report.document import parse_report, sign_report
+from loader.report.verify import verify_report
 from tests.appraisal_helpers import MOCK
 from tests.conftest import cli
 from tests.fake_nvml import mock_nvml, vector_nvml

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from loader.boot import boot
-from loader.config import load_config
+from loader.boot.config import load_config
+from loader.boot.sequence import boot
 from loader.errors import ConfigError
-from loader.report import parse_report
+from loader.report.document import parse_report
 from tests import oci_helpers as h
 from tests.conftest import cli
 from tests.test_oci_runner import calls, fake_runtime

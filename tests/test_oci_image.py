@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from loader import oci
+from loader.boot.stage import InputSpec, stage_input
 from loader.errors import InputError
-from loader.stage import InputSpec, stage_input
+from loader.measure import oci
 from tests import oci_helpers as h
 
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from loader.boot.ocirun import OciSettings, run_argv, run_oci, staged_image_id
+from loader.boot.runner import StagedPaths
+from loader.boot.stage import InputSpec, stage_input
 from loader.errors import RunnerError
-from loader.ocirun import OciSettings, run_argv, run_oci, staged_image_id
-from loader.runner import StagedPaths
-from loader.stage import InputSpec, stage_input
 from tests import oci_helpers as h
 
 FAKE = r'''#!{python}

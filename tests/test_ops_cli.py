@@ -22,7 +22,7 @@ from attestation.nvidia.cli import build_parser as nvidia_parser
 from attestation.sevsnp.cli import build_parser as snp_parser
 from attestation.sevsnp.cli import main as snp_main
 from attestation.tdx.cli import _parser as tdx_parser
-from loader.cli import build_parser
+from loader.cli.main import build_parser
 from tests.ops_helpers import REPO, run_loader
 from tests.vectors import vectors_dir
 from x509kit.chain import load_certificates
@@ -115,9 +115,9 @@ def test_hints_name_flags_that_exist() -> None:
         REPO / "attestation/mock/verifier.py",
         REPO / "attestation/nvidia/mockgpu.py",
         REPO / "attestation/sevsnp/validate.py",
-        REPO / "loader/verify.py",
-        REPO / "loader/cli.py",
-        REPO / "loader/show.py",
+        REPO / "loader/report/verify.py",
+        REPO / "loader/cli/main.py",
+        REPO / "loader/report/show.py",
     ]
     hinted = {f for p in sources for f in re.findall(r"(--[a-z][a-z-]+)", p.read_text())}
     known = {
@@ -156,7 +156,7 @@ def test_a_serial_zero_vendor_certificate_loads_without_a_warning() -> None:
 
 def test_a_serial_zero_report_certificate_is_a_clean_error(demo_report: tuple[Path, bytes]) -> None:
     from loader.errors import ReportError
-    from loader.report import _certificate
+    from loader.report.document import _certificate
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -190,8 +190,8 @@ def test_the_commands_the_demo_suggests_succeed(tmp_path: Path) -> None:
 
 
 def test_a_missing_engine_is_named_once_in_its_reason(demo_dir: Path) -> None:
-    from loader.boot import boot
-    from loader.config import load_config
+    from loader.boot.config import load_config
+    from loader.boot.sequence import boot
 
     (demo_dir / "inputs" / "engine").unlink()
     outcome = boot(load_config(demo_dir / "loader.toml"))

@@ -1,4 +1,4 @@
-"""docs/configuration.md against loader/config.py; `config check`; secret-file overrides."""
+"""docs/configuration.md against loader/boot/config.py; `config check`; secret-file overrides."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from loader import config as config_mod
-from loader import secretfiles
+from loader.boot import config as config_mod
+from loader.boot import secretfiles
 from loader.errors import ConfigError
 from tests.ops_helpers import REPO, loader_env, make_job
 

@@ -16,8 +16,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loader import logs
-from loader.notify import Notifier, socket_address
+from loader.boot.notify import Notifier, socket_address
+from loader.cli import logs
 
 
 class _Tty(io.StringIO):

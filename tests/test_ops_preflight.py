@@ -1,5 +1,5 @@
 """One validation path: `config check` refuses what `run` refuses before it attests
-(loader/preflight.py), naming the file and the key; `run` refuses it before any evidence."""
+(loader/boot/preflight.py), naming the file and the key; `run` refuses it before any evidence."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from loader import preflight as preflight_mod
-from loader.config import STATE_DIR, load_config
+from loader.boot import preflight as preflight_mod
+from loader.boot.config import STATE_DIR, load_config
 from loader.errors import ConfigError
 from tests.ops_helpers import REPO, loader_env, make_job
 

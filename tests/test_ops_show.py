@@ -15,14 +15,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loader.boot import boot
-from loader.config import load_config
+from loader.boot.config import load_config
+from loader.boot.keys import EphemeralKey
+from loader.boot.sequence import boot
 from loader.errors import ReportError
-from loader.html import render_html
-from loader.keys import EphemeralKey
-from loader.report import Report, parse_report, sign_report
-from loader.show import plain, render_text
-from loader.verify import verify_report
+from loader.report.document import Report, parse_report, sign_report
+from loader.report.html import render_html
+from loader.report.show import plain, render_text
+from loader.report.verify import verify_report
 from tests.appraisal_helpers import MOCK
 from tests.ops_helpers import REPO, loader_env, make_job
 
@@ -236,6 +236,6 @@ def test_malformed_inner_fields_render_without_crashing(report_raw: bytes, edit:
     ids=["empty-workload", "mistyped-workload", "odd-wipe"],
 )
 def test_malformed_workload_and_wipe_are_refused_by_the_schema(report_raw: bytes, edit: Any) -> None:
-    """The report schema is strict (loader/report.py) for these maps too; show never sees them."""
+    """The report schema is strict (loader/report/document.py) for these maps too; show never sees them."""
     with pytest.raises(ReportError, match=r"workload|wipe"):
         parse_report(_resigned(report_raw, edit))

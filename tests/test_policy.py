@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from loader.errors import PolicyError
-from loader.policy import parse_policy
+from loader.report.policy import parse_policy
 
 D = "sha256:" + "ab" * 32
 RUN = {"runtime": "process", "command": ["{engine}"], "env": {}, "network": "none", "timeout": 60}

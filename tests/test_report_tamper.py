@@ -7,7 +7,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loader.verify import verify_report
+from loader.report.verify import verify_report
 from tests.appraisal_helpers import MOCK
 from tests.conftest import cli
 

@@ -21,7 +21,7 @@ from attestation import Evidence, Trust, verifier_for
 from attestation.mock.attester import MockAttester
 from attestation.nvidia import spdm
 from attestation.tdx import quote
-from loader.verify import verify_report
+from loader.report.verify import verify_report
 from tests.appraisal_helpers import MOCK
 from tests.nvidia_helpers import CHAIN, REPORT, REPORT_NONCE
 from tests.review_helpers import base_payload, forge

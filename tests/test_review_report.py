@@ -18,12 +18,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from attestation.mock import format as mockfmt
 from attestation.mock.root import private_key as mock_root_key
-from loader import cose
+from loader.boot.keys import EphemeralKey
 from loader.errors import ReportError
-from loader.keys import EphemeralKey
-from loader.replay import replay
-from loader.report import CONTENT_TYPE, parse_report, utc_text
-from loader.verify import verify_report
+from loader.report import cose
+from loader.report.document import CONTENT_TYPE, parse_report, utc_text
+from loader.report.replay import replay
+from loader.report.verify import verify_report
 from tests.appraisal_helpers import MOCK
 from tests.conftest import cli
 from tests.review_helpers import base_payload, ca_certificate, checks_of, der, forge, leaf_certificate

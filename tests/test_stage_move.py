@@ -1,4 +1,4 @@
-"""Staging by move (loader/move.py) and wiping by medium (loader/stage.py wipe, loader/medium.py).
+"""Staging by move (loader/boot/move.py), wiping by medium (loader/boot/stage.py, loader/boot/medium.py).
 
 The attacker here is the engine's own unprivileged identity (a numeric uid with no entry,
 64123) that wants to change an input after it was hashed, and whoever still holds the input's
@@ -19,12 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from loader.boot import boot
-from loader.config import load_config
+from loader.boot.config import load_config
+from loader.boot.sequence import boot
+from loader.boot.stage import InputSpec, make_private_dir, stage_input, wipe
 from loader.errors import ConfigError, InputError
-from loader.report import parse_report
-from loader.show import render_text
-from loader.stage import InputSpec, make_private_dir, stage_input, wipe
+from loader.report.document import parse_report
+from loader.report.show import render_text
 
 ENGINE_UID = 64123
 SHM = Path("/dev/shm")

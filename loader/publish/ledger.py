@@ -1,6 +1,6 @@
 """The spool ledger: which spooled report has reached which sink.
 
-Layout, all in the spool directory (written atomically, see loader.spool):
+Layout, all in the spool directory (written atomically, see loader.publish.spool):
     <hex>.cbor            a report, named by the SHA-256 of its bytes
     <hex>.<sink>.json     the delivery record of that report for one sink
     .publish.lock         held (flock) by whoever is delivering from this spool
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from loader.errors import PublishError
-from loader.spool import atomic_write
+from loader.publish.spool import atomic_write
 
 log = logging.getLogger("trusted-loader")
 

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from loader.errors import PublishError
 from loader.publish.ledger import DeliveryRecord
-from loader.spool import atomic_write
+from loader.publish.spool import atomic_write
 
 SaveIntent = Callable[[dict[str, Any]], None]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 
-from loader.report import parse_report
+from loader.report.document import parse_report
 
 SUBJECT_TAG = b"trusted-loader/subject/v1\x00"
 
