@@ -129,7 +129,7 @@ def parse_reference(raw: bytes, source: str) -> ReferenceValues:
     """Parse a reference-values document; errors name `source` and the field."""
     import hashlib
 
-    from x509kit import jsonlimits
+    from certs import jsonlimits
 
     if len(raw) > MAX_REFERENCE_BYTES:
         raise ReferenceError(f"{source}: {len(raw)} bytes, more than the {MAX_REFERENCE_BYTES} allowed")

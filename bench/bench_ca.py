@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from certs import wire  # noqa: E402
+from certs.ca import wire  # noqa: E402
 from certs.csr import build_csr  # noqa: E402
 from loader.boot.enroll import enroll  # noqa: E402
 from tests.ca_helpers import Cvm  # noqa: E402
@@ -42,7 +42,7 @@ def start_ca(workdir: Path, extra: tuple[str, ...] = UNLIMITED) -> tuple[subproc
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     ca_dir = workdir / "ca"
     subprocess.run(
-        [sys.executable, "-m", "certs.cli", "ca", "init", "--dir", str(ca_dir), "--allow-mock"],
+        [sys.executable, "-m", "certs.ca.cli", "ca", "init", "--dir", str(ca_dir), "--allow-mock"],
         check=True,
         env=env,
         capture_output=True,
@@ -51,7 +51,7 @@ def start_ca(workdir: Path, extra: tuple[str, ...] = UNLIMITED) -> tuple[subproc
         [
             sys.executable,
             "-m",
-            "certs.cli",
+            "certs.ca.cli",
             "ca",
             "serve",
             "--dir",

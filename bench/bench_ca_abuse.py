@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.bench_ca import start_ca  # noqa: E402
-from certs.policy import CaPolicy  # noqa: E402
+from certs.ca.policy import CaPolicy  # noqa: E402
 from tests.ca_abuse import scenario  # noqa: E402
 
 

@@ -5,12 +5,12 @@ and Root CA CRL at 2023-07-01 (every check passes, TCB UpToDate). Both verifiers
 quote and collateral bytes, loaded once. Printed (medians after warm-up):
 
 - warm: the usual case of a verifier that sees quotes from platforms it saw before: parsed
-  collateral, issuer chains and PCK chains are remembered by their exact bytes (x509kit/memo.py),
+  collateral, issuer chains and PCK chains are remembered by their exact bytes (certs/memo.py),
   their validity windows and the collateral's freshness are checked at each call's `at`, and the
   per-quote work (parse, QE report and quote signatures, TCB evaluation) runs every time;
 - new platform: the collateral and the CA certificates remembered, the PCK leaf not (a quote from
   a platform not seen before, under a PCK CA seen before: the leaf is parsed, checked directly
-  under the issuer path OpenSSL validated before (x509kit/leaf.py), CRL included, and its SGX
+  under the issuer path OpenSSL validated before (certs/leaf.py), CRL included, and its SGX
   extensions read);
 - cold: every cache emptied before each call (a first verification);
 - dcap-qvl 0.7.0 (`pip install 'cvm-trusted-loader[bench]'`), which caches nothing.
@@ -40,7 +40,7 @@ from attestation.tdx import collateral as coll
 from attestation.tdx import quote
 from attestation.tdx import verifier as tdx_verifier
 from attestation.tdx.verifier import TdxVerifier
-from x509kit import chain, memo
+from certs import chain, memo
 
 BUDGET_MS = 10.0
 TARGET_RATIO = 1.5

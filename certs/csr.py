@@ -14,7 +14,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from x509kit.errors import CertsError
+from certs.errors import CertsError
 
 MAX_CSR_BYTES = 64 << 10
 _CURVES = (ec.SECP256R1, ec.SECP384R1, ec.SECP521R1)

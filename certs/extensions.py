@@ -14,7 +14,7 @@ import cbor2
 from asn1crypto import core
 from cryptography import x509
 
-from x509kit.errors import CertificateFormatError
+from certs.errors import CertificateFormatError
 
 PROJECT_ARC = "2.25.264098798602557620900161609155389804679"
 EVIDENCE_OID = x509.ObjectIdentifier(PROJECT_ARC + ".1")

@@ -1,5 +1,5 @@
 import sys
 
-from loader.cli.main import main
+from loader.cli import main
 
 sys.exit(main())

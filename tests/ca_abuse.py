@@ -20,7 +20,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from certs import wire
+from certs.ca import wire
 from certs.csr import build_csr
 from tests.ca_helpers import Cvm
 

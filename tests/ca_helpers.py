@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from attestation import binding
 from attestation.evidence import Evidence
 from attestation.mock.attester import MockAttester
-from certs.ca import CertificateAuthority, EnrollmentRequest, init_ca_dir
+from certs.ca.authority import CertificateAuthority, EnrollmentRequest, init_ca_dir
 from certs.csr import build_csr
 
 REPO = Path(__file__).resolve().parents[1]

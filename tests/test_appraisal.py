@@ -288,7 +288,7 @@ def test_a_debug_tee_report_is_refused_by_report_verify(parties: Path, tmp_path:
 
 
 def _ca_policy(tmp_path: Path, kind: str, platforms: list, extra: str = ""):  # type: ignore[no-untyped-def]
-    from certs.policy import load_policy
+    from certs.ca.policy import load_policy
 
     (tmp_path / "reference.json").write_bytes(reference_document(platforms))
     mock = "true" if kind == "mock" else "false"

@@ -2,9 +2,9 @@
 
 Each package has a layer; a module may import its own package and those of lower layers, never
 one of its own layer or above. Every import counts: module level, inside functions, and under
-`if TYPE_CHECKING:`. So verifier code (loader.report) never imports the boot, x509kit imports
-nothing of the project, attestation never imports certs, and nothing under attestation/, certs/
-or x509kit/ imports loader.
+`if TYPE_CHECKING:`. So verifier code (loader.report) never imports the boot; certs (but for its
+CA, certs.ca) imports nothing of the project; attestation never imports the CA; and nothing under
+attestation/ or certs/ imports loader.
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-TOP = ("x509kit", "attestation", "certs", "loader")
+TOP = ("attestation", "certs", "loader")
 
 # package -> layer; a module belongs to the longest package that prefixes its name.
 LAYERS: dict[str, int] = {
-    "x509kit": 0,  # generic X.509 and bounded parsing
+    "certs": 0,  # X.509: chain validation, bounded JSON, the evidence extension, CSRs, self-issue
     "attestation": 1,  # evidence: attesters, verifiers, reference values
-    "certs": 2,  # the evidence extension, CSRs, the CA
+    "certs.ca": 2,  # the attestation-based CA: it appraises evidence
     "loader": 3,  # loader/__init__ (the version) alone: its subpackages are listed one by one
     "loader.errors": 3,  # the loader's exceptions and exit codes, shared by every wing
     "loader.systemd": 3,  # unit files (data)
@@ -159,7 +159,7 @@ def test_no_import_cycle_between_packages() -> None:
 
 def test_the_verifier_reads_nothing_of_the_boot_nor_the_command_line() -> None:
     reached = {package_of(i.imported) for i in IMPORTS if package_of(i.importer) == "loader.report"}
-    below = {"loader.report", "loader.measure", "loader", "loader.errors", "attestation", "certs", "x509kit"}
+    below = {"loader.report", "loader.measure", "loader", "loader.errors", "attestation", "certs", "certs.ca"}
     assert reached <= below, reached
 
 
@@ -180,14 +180,14 @@ def test_the_libraries_never_import_the_loader() -> None:
         ),
         (
             "loader.report.verify",
-            "if TYPE_CHECKING:\n    import loader.cli.main\n",
-            "imports loader.cli.main",
+            "if TYPE_CHECKING:\n    import loader.cli.commands\n",
+            "imports loader.cli.commands",
         ),
         ("loader.report.verify", "from ..boot import sequence\n", "imports loader.boot.sequence"),
-        ("x509kit.chain", "from attestation import binding\n", "and attestation is layer 1"),
-        ("attestation.tdx.verifier", "import certs.ca\n", "and certs is layer 2"),
+        ("certs.chain", "from attestation import binding\n", "and attestation is layer 1"),
+        ("attestation.tdx.verifier", "import certs.ca.authority\n", "and certs.ca is layer 2"),
         ("loader.parties.seal", "from loader.publish import spool\n", "and loader.publish is layer 6"),
-        ("certs.ca", "from loader import errors\n", "and loader.errors is layer 3"),
+        ("certs.ca.authority", "from loader import errors\n", "and loader.errors is layer 3"),
         ("loader.wing.new", "import loader.errors\n", "is in no package of LAYERS"),
     ],
 )

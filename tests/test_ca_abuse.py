@@ -15,15 +15,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from attestation.evidence import Evidence
-from certs import wire
-from certs.ca import CertificateAuthority, EnrollmentRequest, Refusal
+from certs import jsonlimits
+from certs.ca import wire
+from certs.ca.authority import CertificateAuthority, EnrollmentRequest, Refusal
+from certs.ca.nonce import NonceError, NonceService
+from certs.ca.ratelimit import Rate, RateLimiter
+from certs.ca.service import BackgroundServer, Limits
 from certs.csr import build_csr
-from certs.nonce import NonceError, NonceService
-from certs.ratelimit import Rate, RateLimiter
-from certs.service import BackgroundServer, Limits
 from tests.ca_abuse import call, honest_enrollment, nonce, post, scenario
 from tests.ca_helpers import Cvm, make_ca
-from x509kit import jsonlimits
 
 
 class Clock:
@@ -228,7 +228,7 @@ def test_the_value_count_never_changes_what_parses(doc) -> None:
 def test_ipv6_clients_are_limited_per_64_so_rotating_addresses_does_not_help() -> None:
     from types import SimpleNamespace
 
-    from certs.service import _client
+    from certs.ca.service import _client
 
     a, b = (_client(SimpleNamespace(remote=r)) for r in ("2001:db8:1:2::1", "2001:db8:1:2:ffff::9"))  # type: ignore[arg-type]
     assert a == b == "2001:db8:1:2::/64"

@@ -22,9 +22,9 @@ from attestation.mock import format as mockfmt
 from attestation.mock.attester import DEVICE, MockAttester, reference_entry
 from attestation.mock.root import private_key
 from attestation.reference import reference_document
-from certs.ca import CertificateAuthority, init_ca_dir
+from certs.ca.authority import CertificateAuthority, init_ca_dir
+from certs.ca.service import BackgroundServer
 from certs.extensions import decode_evidence_extension
-from certs.service import BackgroundServer
 from loader.boot.enroll import EnrollmentRefused, enroll
 from tests.ca_helpers import REPO, Cvm
 
@@ -135,7 +135,7 @@ def _leaf(chain: list[bytes]) -> dict:  # type: ignore[type-arg]
 
 
 def test_reference_and_any_image_together_are_refused_at_load(tmp_path: Path) -> None:
-    from x509kit.errors import CertsError
+    from certs.errors import CertsError
 
     with pytest.raises(CertsError, match="exclude each other"):
         _ca(tmp_path / "ca", edit=(ANY_IMAGE, ANY_IMAGE + "\nany_image = true"))

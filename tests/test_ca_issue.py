@@ -20,15 +20,15 @@ from attestation import binding
 from attestation.evidence import Check, Evidence, Result
 from attestation.mock.attester import MOCK_MRTD
 from attestation.reference import platform_entry, reference_document
-from certs.ca import CLOCK_SKEW, EnrollmentRequest, Refusal, init_ca_dir, write_mock_reference
+from certs.ca.authority import CLOCK_SKEW, EnrollmentRequest, Refusal, init_ca_dir, write_mock_reference
+from certs.ca.nonce import NONCE_LEN, NonceError, NonceService
+from certs.ca.policy import PolicyError, default_policy_text, load_policy
+from certs.chain import verify_chain
 from certs.csr import CsrError, build_csr, parse_csr
+from certs.errors import CertsError, ChainError
 from certs.extensions import decode_evidence_extension
-from certs.nonce import NONCE_LEN, NonceError, NonceService
-from certs.policy import PolicyError, default_policy_text, load_policy
 from tests.ca_helpers import Cvm, make_ca, pin_hardware
 from tests.vectors import vectors_dir
-from x509kit.chain import verify_chain
-from x509kit.errors import CertsError, ChainError
 
 
 class Clock:
@@ -122,7 +122,7 @@ def test_issued_leaf_does_not_chain_to_another_ca(mock_ca, cvm, clock, tmp_path)
 def test_leaf_never_outlives_the_ca(tmp_path, cvm, clock):
     ca_dir = tmp_path / "ca"
     init_ca_dir(ca_dir, allow_mock=True, validity_days=1, now=_at(clock))
-    from certs.ca import CertificateAuthority
+    from certs.ca.authority import CertificateAuthority
 
     ca = CertificateAuthority.load(ca_dir, clock=clock)
     clock.now += 86400 - 600  # ten minutes before the CA expires; policy validity is an hour
@@ -148,7 +148,7 @@ def test_ca_init_files_and_permissions(tmp_path):
 
 
 def test_loading_refuses_a_group_readable_key(tmp_path):
-    from certs.ca import CertificateAuthority
+    from certs.ca.authority import CertificateAuthority
 
     init_ca_dir(tmp_path / "ca", allow_mock=False)
     os.chmod(tmp_path / "ca" / "ca-key.pem", 0o640)
@@ -302,7 +302,7 @@ class _FakeGpuVerifier:
 
 def test_gpu_evidence_is_bound_through_the_cpu_report_data(mock_ca, cvm, monkeypatch):
     monkeypatch.setattr(attestation, "verifier_for", _with_fake_gpu(attestation.verifier_for))
-    monkeypatch.setattr("certs.ca.verifier_for", attestation.verifier_for)
+    monkeypatch.setattr("certs.ca.authority.verifier_for", attestation.verifier_for)
     nonce, _ = mock_ca.nonces.issue()
     gpu = Evidence("mock-gpu", binding.gpu_nonce(cvm.spki, nonce))
     cpu = cvm.evidence(nonce, other=(gpu,))

@@ -18,10 +18,10 @@ import pytest
 from cryptography import x509
 
 from attestation import binding
-from certs import wire
+from certs.ca import wire
+from certs.ca.ratelimit import Rate
+from certs.ca.service import BackgroundServer, Limits
 from certs.csr import build_csr
-from certs.ratelimit import Rate
-from certs.service import BackgroundServer, Limits
 from loader.boot.enroll import CaUnavailable, EnrollmentError, EnrollmentRefused, check_issued, enroll
 from tests.ca_helpers import REPO, Cvm, make_ca, pin_hardware
 
@@ -264,7 +264,7 @@ def test_enrollment_succeeds_once_the_ca_comes_up(mock_ca):
 
 def _cli(*args: str, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "certs.cli", *args],
+        [sys.executable, "-m", "certs.ca.cli", *args],
         cwd=REPO,
         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
         capture_output=True,
@@ -276,7 +276,17 @@ def _cli(*args: str, **kw) -> subprocess.CompletedProcess:
 
 def _serve(ca_dir: Path) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "certs.cli", "ca", "serve", "--dir", str(ca_dir), "--listen", "127.0.0.1:0"],
+        [
+            sys.executable,
+            "-m",
+            "certs.ca.cli",
+            "ca",
+            "serve",
+            "--dir",
+            str(ca_dir),
+            "--listen",
+            "127.0.0.1:0",
+        ],
         cwd=REPO,
         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
         stderr=subprocess.PIPE,

@@ -1,4 +1,4 @@
-"""A new leaf under a remembered issuer path (x509kit/leaf.py) is accepted only where OpenSSL accepts.
+"""A new leaf under a remembered issuer path (certs/leaf.py) is accepted only where OpenSSL accepts.
 
 The direct checks never reject: where one fails, OpenSSL decides in full. These tests compare
 the two on the real Intel PCK chains of every TDX vector (they share one PCK Platform CA) at
@@ -21,11 +21,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from attestation.tdx import quote, verifier
+from certs import chain, memo
+from certs import leaf as new_leaf
+from certs.errors import CertificateFormatError, ChainError
 from tests.snp_helpers import snp
 from tests.tdx_helpers import QUOTES, quote_bytes, tdx, utc
-from x509kit import chain, memo
-from x509kit import leaf as new_leaf
-from x509kit.errors import CertificateFormatError, ChainError
 
 CRLS = [
     chain.load_crl(tdx("go-tdx-guest", "pckcrl")),  # PCK Platform CA, 2023-06-08 .. 2023-07-08
@@ -314,7 +314,7 @@ def test_direct_checks_agree_with_openssl_on_real_amd_vceks_at_every_time() -> N
 
 
 def test_a_leaf_with_a_malformed_extension_is_left_to_openssl_which_refuses_it() -> None:
-    """cryptography parses extensions lazily: a certificate built outside x509kit/chain.py's loader
+    """cryptography parses extensions lazily: a certificate built outside certs/chain.py's loader
     may raise on first reading them; the direct checks must not leak that as another error."""
     seed = _pck("trustee_4")
     der = bytearray(seed[0].public_bytes(serialization.Encoding.DER))
@@ -347,7 +347,7 @@ PEMS = [c.public_bytes(serialization.Encoding.PEM) for c in _pck("trustee_4")]
     where=st.integers(0, 4000),
 )
 def test_a_bundle_read_block_by_block_reads_as_the_whole_bundle(picks: list, junk: bytes, where: int) -> None:
-    """The per-block cache (x509kit/chain.py) gives exactly what parsing the whole bundle gives."""
+    """The per-block cache (certs/chain.py) gives exactly what parsing the whole bundle gives."""
     bundle = b"".join(PEMS[i] for i in picks)
     where %= len(bundle) + 1
     data = bundle[:where] + junk + bundle[where:]

@@ -374,7 +374,7 @@ def test_publish_section_errors_name_the_key(tmp_path: Path, extra: str, message
 def test_run_without_publishing_does_not_import_web3(tmp_path: Path) -> None:
     config = demo_job(tmp_path / "demo")
     code = (
-        "import sys\nfrom loader.cli.main import main\n"
+        "import sys\nfrom loader.cli.commands import main\n"
         f"rc = main(['run', '--config', {str(config)!r}])\n"
         "top = ('web3', 'eth_account', 'eth_tester', 'eth')\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in top)\n"

@@ -20,6 +20,7 @@ from attestation.errors import EvidenceFormatError, VerificationError
 from attestation.evidence import Trust
 from attestation.nvidia import rim, spdm
 from attestation.nvidia.verifier import NvidiaVerifier, rim_roots
+from certs.errors import ChainError
 from tests.nvidia_helpers import (
     DRIVER_RIM_TEST,
     NOW,
@@ -29,7 +30,6 @@ from tests.nvidia_helpers import (
     VBIOS_RIM_TEST,
     real_evidence,
 )
-from x509kit.errors import ChainError
 
 
 @pytest.fixture(scope="module")

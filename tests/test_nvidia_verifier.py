@@ -18,8 +18,8 @@ from attestation.errors import EvidenceFormatError, VerificationError
 from attestation.evidence import Evidence, Trust
 from attestation.nvidia import device, spdm
 from attestation.nvidia.verifier import NvidiaVerifier, device_roots, rim_roots
+from certs.chain import fingerprint, load_certificates
 from tests.nvidia_helpers import CHAIN, NOW, REPO, REPORT, REPORT_NONCE, real_evidence
-from x509kit.chain import fingerprint, load_certificates
 
 CHECKS = ["format", "request", "chain", "signature", "fwid", "nonce"]
 

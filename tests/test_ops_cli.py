@@ -22,10 +22,10 @@ from attestation.nvidia.cli import build_parser as nvidia_parser
 from attestation.sevsnp.cli import build_parser as snp_parser
 from attestation.sevsnp.cli import main as snp_main
 from attestation.tdx.cli import _parser as tdx_parser
-from loader.cli.main import build_parser
+from certs.chain import load_certificates
+from loader.cli.commands import build_parser
 from tests.ops_helpers import REPO, run_loader
 from tests.vectors import vectors_dir
-from x509kit.chain import load_certificates
 
 _cli = run_loader
 
@@ -116,7 +116,7 @@ def test_hints_name_flags_that_exist() -> None:
         REPO / "attestation/nvidia/mockgpu.py",
         REPO / "attestation/sevsnp/validate.py",
         REPO / "loader/report/verify.py",
-        REPO / "loader/cli/main.py",
+        REPO / "loader/cli/commands.py",
         REPO / "loader/report/show.py",
     ]
     hinted = {f for p in sources for f in re.findall(r"(--[a-z][a-z-]+)", p.read_text())}

@@ -102,7 +102,7 @@ def test_deeply_nested_policy_is_refused_without_recursing() -> None:
 
 
 def test_nesting_depth_ignores_brackets_in_strings() -> None:
-    from x509kit.jsonlimits import loads, nesting_depth
+    from certs.jsonlimits import loads, nesting_depth
 
     assert nesting_depth(b'{"a": "[[[[\\"{{{", "b": [1, {"c": []}]}') == 4
     assert loads(b'{"a": "[[[["}', max_depth=1) == {"a": "[[[["}

@@ -121,8 +121,8 @@ def test_any_byte_change_in_aux_certificates_is_rejected(case: Case, data: st.Da
 
 def _same_pem(a: bytes, b: bytes) -> bool:
     """A PEM bundle whose change falls outside the base64 blocks (text between them) decodes the same."""
-    from x509kit.chain import load_certificates
-    from x509kit.errors import CertsError
+    from certs.chain import load_certificates
+    from certs.errors import CertsError
 
     try:
         return load_certificates(a) == load_certificates(b)

@@ -15,8 +15,8 @@ from attestation.sevsnp import report, roots
 from attestation.sevsnp.products import Product
 from attestation.sevsnp.validate import PolicyError, SnpPolicy
 from attestation.sevsnp.verifier import SnpVerifier
+from certs.chain import fingerprint, load_certificates
 from tests.snp_helpers import AT_2026, SyntheticPki, der, resign, snp
-from x509kit.chain import fingerprint, load_certificates
 
 GSG = "go-sev-guest/"
 VIRTEE = "virtee-sev/"
@@ -229,7 +229,7 @@ def test_bundled_ark_fingerprints_are_pinned():
 
 
 def test_turin_vcek_chains_to_turin_ark_only():
-    from x509kit.chain import verify_chain
+    from certs.chain import verify_chain
 
     turin = load_certificates(snp(VIRTEE + "vcek_turin.der"))[0]
     ask, ark = roots.bundled_chain(Product.TURIN, "vcek")
@@ -239,7 +239,7 @@ def test_turin_vcek_chains_to_turin_ark_only():
         "CN=SEV-Turin",
         "CN=ARK-Turin",
     ]
-    from x509kit.errors import ChainError
+    from certs.errors import ChainError
 
     m_ask, m_ark = roots.bundled_chain(Product.MILAN, "vcek")
     with pytest.raises(ChainError):

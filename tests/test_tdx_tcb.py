@@ -8,8 +8,8 @@ import pytest
 
 from attestation.errors import CollateralError
 from attestation.tdx import collateral, pck, quote, tcb
+from certs.chain import load_certificates
 from tests.tdx_helpers import quote_bytes, tdx
-from x509kit.chain import load_certificates
 
 
 def _inputs(name: str):

@@ -1,4 +1,4 @@
-"""The verification caches (x509kit/memo.py) never change a verdict.
+"""The verification caches (certs/memo.py) never change a verdict.
 
 Each test first verifies successfully, so that parsed collateral, issuer chains and the PCK chain
 are remembered, then presents tampered, expired or differently trusted inputs: the cached path
@@ -14,11 +14,11 @@ import pytest
 from attestation.evidence import Evidence, Trust
 from attestation.tdx import collateral as coll
 from attestation.tdx.verifier import TdxVerifier, bundled_root
+from certs import memo
+from certs.chain import load_certificates, load_crl, verify_chain
+from certs.errors import ChainError
 from tests.tdx_helpers import GO_V4_AT, NOW, failed, go_v4_collateral, quote_bytes, tdx, utc, verify
 from tests.vectors import vectors_dir
-from x509kit import memo
-from x509kit.chain import load_certificates, load_crl, verify_chain
-from x509kit.errors import ChainError
 
 QUOTE = "trustee_4"
 

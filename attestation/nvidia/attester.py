@@ -16,8 +16,8 @@ from typing import Any
 from attestation.errors import AttestationError, AttesterFailure, AttesterUnavailable
 from attestation.evidence import Evidence
 from attestation.nvidia import spdm
-from x509kit.chain import load_certificates
-from x509kit.errors import CertsError
+from certs.chain import load_certificates
+from certs.errors import CertsError
 
 _NEED_EXTRA = "NVIDIA GPU attestation needs nvidia-ml-py: pip install 'cvm-trusted-loader[nvidia]'"
 _PEM_END = b"-----END CERTIFICATE-----"

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from attestation.errors import EvidenceFormatError, VerificationError
 from attestation.nvidia.spdm import SIGNATURE_LEN, Report
-from x509kit.chain import describe, fingerprint, load_certificates, verify_chain
+from certs.chain import describe, fingerprint, load_certificates, verify_chain
 
 FWID_EXTENSION_OID = x509.ObjectIdentifier("2.23.133.5.4.1")  # TCG DICE (RIoT CompositeDeviceID)
 SHA384_OID = "2.16.840.1.101.3.4.2.2"

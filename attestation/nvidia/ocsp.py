@@ -37,7 +37,7 @@ from attestation.errors import CollateralError
 from attestation.evidence import Check, Result
 from attestation.fetch import Document, Fetcher, FetchError
 from attestation.nvidia.device import load_chain
-from x509kit.chain import describe
+from certs.chain import describe
 
 DEFAULT_URL = "https://ocsp.ndis.nvidia.com/"
 MAX_RESPONSE_BYTES = 64 * 1024

@@ -8,7 +8,7 @@ XML parsing is lxml's and XML-DSig (canonicalisation, digests, ECDSA) is signxml
 imported lazily (optional extra "nvidia"). Reference values are read only from the element
 signxml returns as signed, never from the document as given, so content outside the signed
 reference (signature wrapping) cannot be smuggled in. The signing chain embedded in KeyInfo
-is validated with x509kit.chain (OpenSSL) to the NVIDIA RIM root at the caller's time.
+is validated with certs.chain (OpenSSL) to the NVIDIA RIM root at the caller's time.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 from cryptography import x509
 
 from attestation.errors import AttestationError, EvidenceFormatError, VerificationError
-from x509kit.chain import load_certificates, verify_chain
+from certs.chain import load_certificates, verify_chain
 
 MAX_RIM_BYTES = 1 << 20
 SWID_NS = "http://standards.iso.org/iso/19770/-2/2015/schema.xsd"

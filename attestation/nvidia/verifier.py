@@ -27,8 +27,8 @@ from cryptography import x509
 from attestation.errors import AttestationError
 from attestation.evidence import ChecksBuilder, Evidence, Result, Trust
 from attestation.nvidia import device, rim, spdm
-from x509kit.chain import describe, fingerprint, load_certificates
-from x509kit.errors import CertsError
+from certs.chain import describe, fingerprint, load_certificates
+from certs.errors import CertsError
 
 DEVICE_ROOT_KEY, RIM_ROOT_KEY = "nvidia-device", "nvidia-rim"
 RIM_PREFIX = "rim:"

@@ -19,8 +19,8 @@ from cryptography.x509.oid import NameOID
 from attestation.errors import ASN1_PARSE_ERRORS, EvidenceFormatError
 from attestation.sevsnp import products
 from attestation.sevsnp.products import Product
-from x509kit import memo
-from x509kit.chain import serial_warnings_quiet
+from certs import memo
+from certs.chain import serial_warnings_quiet
 
 ARC = "1.3.6.1.4.1.3704.1"
 OID_STRUCT_VERSION = f"{ARC}.1"

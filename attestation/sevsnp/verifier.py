@@ -39,8 +39,8 @@ from attestation.sevsnp.products import Product
 from attestation.sevsnp.report import AttestationReport
 from attestation.sevsnp.validate import SnpPolicy, validate
 from attestation.sevsnp.vcek import one_line
-from x509kit.chain import describe, fingerprint, load_certificates, load_crl, verify_chain
-from x509kit.errors import CertsError
+from certs.chain import describe, fingerprint, load_certificates, load_crl, verify_chain
+from certs.errors import CertsError
 
 TYPE = "sev-snp"
 

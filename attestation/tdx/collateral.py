@@ -23,9 +23,9 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.x509.oid import NameOID
 
 from attestation.errors import CollateralError
-from x509kit import jsonlimits
-from x509kit.chain import load_certificates, verify_chain
-from x509kit.errors import CertsError
+from certs import jsonlimits
+from certs.chain import load_certificates, verify_chain
+from certs.errors import CertsError
 
 MAX_COLLATERAL_BYTES = 256 * 1024
 TCB_SIGNING_CN = "Intel SGX TCB Signing"

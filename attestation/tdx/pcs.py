@@ -29,8 +29,8 @@ from attestation.errors import AttestationError, CollateralError
 from attestation.fetch import Document, Fetcher, FetchError
 from attestation.tdx import collateral as coll
 from attestation.tdx import pck, quote
-from x509kit.chain import load_certificates, load_crl
-from x509kit.errors import CertsError
+from certs.chain import load_certificates, load_crl
+from certs.errors import CertsError
 
 INTEL_PCS = "https://api.trustedservices.intel.com"
 MAX_CRL_BYTES = 4 << 20

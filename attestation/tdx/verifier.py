@@ -34,9 +34,9 @@ from attestation.errors import AttestationError, CollateralError, EvidenceFormat
 from attestation.evidence import ChecksBuilder, Evidence, Result, Trust
 from attestation.tdx import collateral as coll
 from attestation.tdx import pck, quote, tcb
-from x509kit import memo
-from x509kit.chain import load_certificates, load_crl, verify_chain
-from x509kit.errors import CertsError
+from certs import memo
+from certs.chain import load_certificates, load_crl, verify_chain
+from certs.errors import CertsError
 
 DEFAULT_ACCEPT = frozenset({"UpToDate"})
 PCK_LEAF_CN = "Intel SGX PCK Certificate"

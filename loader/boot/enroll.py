@@ -25,12 +25,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from attestation.evidence import Evidence
-from certs import wire
+from certs import jsonlimits
+from certs.ca import wire
+from certs.chain import load_certificates, verify_chain
 from certs.csr import build_csr
+from certs.errors import CertsError
 from certs.extensions import decode_evidence_extension
-from x509kit import jsonlimits
-from x509kit.chain import load_certificates, verify_chain
-from x509kit.errors import CertsError
 
 log = logging.getLogger("trusted-loader.enroll")
 

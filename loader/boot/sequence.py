@@ -26,6 +26,7 @@ from attestation.errors import AttesterUnavailable, VerificationError
 from attestation.nvidia import GPU_EVIDENCE_TYPES
 from attestation.nvidia import gpu_attester as gpu_attester_for
 from attestation.rtmr import event_value
+from certs.errors import CertsError
 from certs.selfissue import self_issue
 from loader.boot import containment, enroll, multiparty, sandbox
 from loader.boot.config import LoaderConfig
@@ -42,7 +43,6 @@ from loader.report.decide import decide
 from loader.report.document import input_event, sign_report, utc_text
 from loader.report.partykeys import key_id_text
 from loader.report.policy import ApprovedList, Execution, load_policy
-from x509kit.errors import CertsError
 
 log = logging.getLogger("trusted-loader")
 
@@ -264,7 +264,7 @@ def _enroll(state: BootState, attester: Attester) -> None:
     cfg = state.cfg
     pinned = None
     if cfg.ca_cert is not None:
-        from x509kit.chain import load_certificates
+        from certs.chain import load_certificates
 
         try:
             pinned = load_certificates(cfg.ca_cert.read_bytes(), what=str(cfg.ca_cert))[0]

@@ -25,6 +25,6 @@ def read_bounded(path: Path, what: str, limit: int = MAX_FILE) -> bytes:
 
 def load_ca(path: Path | None) -> list[x509.Certificate]:
     """The CA certificate(s) given with --ca, or none."""
-    from x509kit.chain import load_certificates
+    from certs.chain import load_certificates
 
     return load_certificates(read_bounded(path, "CA certificate"), what=str(path)) if path else []

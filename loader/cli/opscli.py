@@ -1,6 +1,6 @@
 """Operations commands: `config check`, `install-unit`, and `report show` (text, JSON, HTML).
 
-loader.cli.main calls `add_parsers(subparsers)`; each command returns an exit code and raises
+loader.cli.commands calls `add_parsers(subparsers)`; each command returns an exit code and raises
 LoaderError (one line) for usage and I/O problems.
 """
 
@@ -245,7 +245,7 @@ def cmd_report_show(args: argparse.Namespace) -> int:
 
 def _json_doc(report: Any, check: Any) -> dict[str, Any]:
     """Trust first, then the verification, then the decision, then the rest of the payload."""
-    from loader.cli.main import _jsonable
+    from loader.cli.commands import _jsonable
     from loader.report.show import trust_of
 
     payload = _jsonable(report.payload)

@@ -126,11 +126,11 @@ def cmd_dataset_encrypt(args: argparse.Namespace) -> int:
 
 
 def cmd_grant_create(args: argparse.Namespace) -> int:
+    from certs.chain import load_certificates
     from loader.cli.appraisal_cli import appraisal_from
     from loader.parties.cvmcert import load_chain, verify_cvm_certificate
     from loader.parties.grants import create_grant, load_key_file
     from loader.publish.spool import atomic_write
-    from x509kit.chain import load_certificates
 
     key = load_key_file(args.dataset_key)
     policy = _consent(args, key.dataset)

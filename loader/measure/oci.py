@@ -32,9 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
+from certs import jsonlimits
 from loader.errors import InputError
 from loader.measure.digest import Digest, Meter, hash_stream, open_regular, open_tree
-from x509kit import jsonlimits
 
 MAX_JSON = 4 << 20
 MAX_MEMBERS = 100_000

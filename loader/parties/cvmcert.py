@@ -20,10 +20,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from attestation import AttestationError, Evidence, Result, Trust, binding, verifier_for
 from attestation.reference import Appraisal, appraise
+from certs.chain import load_certificates, verify_chain
+from certs.errors import CertsError
 from certs.extensions import decode_evidence_extension
 from loader.errors import TrustError
-from x509kit.chain import load_certificates, verify_chain
-from x509kit.errors import CertsError
 
 GPU_TYPES = ("nvidia", "mock-gpu")
 

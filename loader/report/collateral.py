@@ -132,7 +132,7 @@ def _snp_product(ev: Evidence, settings: CollateralSettings) -> products.Product
     if blob:
         from cryptography.hazmat.primitives import serialization
 
-        from x509kit.chain import load_certificates
+        from certs.chain import load_certificates
 
         cert = load_certificates(blob, what="VCEK from the host")[0]
         info = vcek.parse(cert.public_bytes(serialization.Encoding.DER))

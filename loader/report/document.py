@@ -289,8 +289,8 @@ def parse_report(raw: bytes) -> Report:
 def _certificate(der: bytes, index: int) -> x509.Certificate:
     """One x5chain certificate. Neither this loader nor its CA issues a serial number below 1
     (RFC 5280 4.1.2.2), so such a certificate is a clean format error here, not a library
-    deprecation warning on stderr. (Vendor chains, AMD's serial-0 VCEKs, are x509kit.chain's.)"""
-    from x509kit.chain import serial_warnings_quiet
+    deprecation warning on stderr. (Vendor chains, AMD's serial-0 VCEKs, are certs.chain's.)"""
+    from certs.chain import serial_warnings_quiet
 
     try:
         with serial_warnings_quiet():

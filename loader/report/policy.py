@@ -21,9 +21,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from certs import jsonlimits
 from loader.errors import PolicyError
 from loader.measure.digest import format_digest, parse_digest
-from x509kit import jsonlimits
 
 MAX_POLICY_BYTES = 1 << 20
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")

@@ -22,6 +22,8 @@ from attestation import AttestationError, Evidence, Result, Trust, binding, veri
 from attestation.nvidia import GPU_EVIDENCE_TYPES
 from attestation.reference import Appraisal, appraise
 from attestation.rtmr import event_value
+from certs.chain import verify_chain
+from certs.errors import CertsError
 from certs.extensions import decode_evidence_extension
 from loader.errors import PolicyError, ReportError
 from loader.report import boundary, cose
@@ -31,8 +33,6 @@ from loader.report.decide import Measured, decide
 from loader.report.document import Report, input_event, parse_report, parse_utc
 from loader.report.policy import Execution, parse_policy
 from loader.report.signing import check_signatures
-from x509kit.chain import verify_chain
-from x509kit.errors import CertsError
 
 GPU_TYPES = GPU_EVIDENCE_TYPES
 _Ext = TypeVar("_Ext", bound=x509.ExtensionType)

@@ -15,7 +15,7 @@ from cryptography import x509
 
 from attestation.errors import VerificationError
 from attestation.sevsnp.products import Product
-from x509kit.chain import fingerprint, load_certificates
+from certs.chain import fingerprint, load_certificates
 
 ARK_SHA256 = {
     Product.MILAN: "69d063b45344d26a2e94e1f4210de49ef555308287d4c174445c95639a540bcd",

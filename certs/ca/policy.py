@@ -30,7 +30,7 @@ from attestation.reference import (
     claim,
     load_reference,
 )
-from x509kit.errors import CertsError
+from certs.errors import CertsError
 
 MOCK_TYPES = frozenset({"mock", "mock-gpu"})
 GPU_TYPES = frozenset({"nvidia", "mock-gpu"})

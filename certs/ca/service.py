@@ -6,7 +6,7 @@
     GET  /healthz           liveness, what is in flight, and what was refused and why (JSON)
     GET  /metrics           the same counters in the Prometheus text format
 
-Every response, including 404/405/413/429 and internal errors, is JSON (`certs.wire`).
+Every response, including 404/405/413/429 and internal errors, is JSON (`certs.ca.wire`).
 
 Under abuse, an enrollment passes these gates in order, each cheaper than the next:
 1. per-client rate limit (token bucket per remote address; 429 `rate_limited`);
@@ -16,7 +16,7 @@ Under abuse, an enrollment passes these gates in order, each cheaper than the ne
 4. the body is read (bounded by aiohttp's `client_max_size`, and by a read timeout), then parsed,
    decoded and verified in the worker pool, off the event loop: the JSON is first checked for
    its number of values in C (`jsonlimits`), so a multi-MiB `[0,0,...]` costs milliseconds.
-The CA spends a nonce only when the evidence verified (`certs.nonce`), so garbage evidence
+The CA spends a nonce only when the evidence verified (`certs.ca.nonce`), so garbage evidence
 cannot fill the replay cache. Every refusal is counted by its code for /healthz and /metrics.
 """
 
@@ -36,10 +36,10 @@ from typing import Any
 
 from aiohttp import web
 
-from certs import wire
-from certs.ca import CertificateAuthority, Refusal
-from certs.ratelimit import Rate, RateLimiter
-from x509kit import jsonlimits
+from certs import jsonlimits
+from certs.ca import wire
+from certs.ca.authority import CertificateAuthority, Refusal
+from certs.ca.ratelimit import Rate, RateLimiter
 
 log = logging.getLogger("certs.service")
 

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import serialization
 
 from attestation.errors import EvidenceFormatError
 from attestation.evidence import Evidence
-from certs.ca import MAX_EVIDENCE_ITEMS, EnrollmentRequest, Issued, Refusal
+from certs.ca.authority import MAX_EVIDENCE_ITEMS, EnrollmentRequest, Issued, Refusal
 
 MAX_TYPE_LEN = 32
 MAX_AUX_ITEMS = 16

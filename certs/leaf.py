@@ -1,6 +1,6 @@
 """A new leaf under an issuer path OpenSSL already validated: accepted only where OpenSSL would accept.
 
-`verify_chain` (x509kit/chain.py) remembers, for every success, the issuer path OpenSSL built
+`verify_chain` (certs/chain.py) remembers, for every success, the issuer path OpenSSL built
 (the certificates above the leaf) under the exact DER of the intermediates, roots and CRLs and
 the CRL mode. A leaf never seen before under that same path (a new platform's PCK certificate,
 a new chip's VCEK) is then checked here, with pyca `cryptography`, against conditions that are
@@ -36,7 +36,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.x509.oid import ExtensionOID
 
-from x509kit import memo
+from certs import memo
 
 _CRITICAL_OK = frozenset({ExtensionOID.BASIC_CONSTRAINTS, ExtensionOID.KEY_USAGE})
 _STANDARD_OK = _CRITICAL_OK | {
@@ -163,7 +163,7 @@ def _crl_applies_whole(leaf: x509.Certificate) -> bool:
 def accepted(leaf: x509.Certificate, issuers: IssuerPath, at: dt.datetime) -> bool:
     """True only where OpenSSL, given the inputs `issuers` was validated with and `leaf`,
     accepts `leaf` at `at` with that path above it; False also where the leaf cannot be read
-    (cryptography parses lazily: a certificate not loaded through x509kit/chain.py may still hold
+    (cryptography parses lazily: a certificate not loaded through certs/chain.py may still hold
     a malformed extension). Serial warnings are the caller's."""
     try:
         return _accepted(leaf, issuers, at)

@@ -1,8 +1,8 @@
 """`trusted-loader ca init|serve`: create a CA directory, serve it over HTTP.
 
-The lead's loader/cli/main.py calls `add_parser(subparsers)`; each subcommand stores its handler in
+The lead's loader/cli/commands.py calls `add_parser(subparsers)`; each subcommand stores its handler in
 `func`, which takes the parsed arguments and returns an exit code (0 ok, 1 refused/failed,
-2 usage or I/O error). `python -m certs.cli ca ...` runs the same code without the loader.
+2 usage or I/O error). `python -m certs.ca.cli ca ...` runs the same code without the loader.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from x509kit.errors import CertsError
+from certs.errors import CertsError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -62,7 +62,7 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from certs.ca import CA_KEY, POLICY, init_ca_dir
+    from certs.ca.authority import CA_KEY, POLICY, init_ca_dir
 
     if not 1 <= args.validity_days <= 36500:
         print(f"error: --validity-days: expected 1..36500, found {args.validity_days}", file=sys.stderr)
@@ -102,13 +102,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print("error: --tls-cert and --tls-key go together", file=sys.stderr)
         return EXIT_USAGE
     try:
-        from certs import service
+        from certs.ca import service
     except ImportError as exc:
         hint = "pip install 'cvm-trusted-loader[ca]'"
         print(f"error: `ca serve` needs aiohttp: {hint} ({exc})", file=sys.stderr)
         return EXIT_USAGE
-    from certs.ca import CertificateAuthority
-    from certs.ratelimit import Rate
+    from certs.ca.authority import CertificateAuthority
+    from certs.ca.ratelimit import Rate
 
     try:
         limits = service.Limits(enroll=Rate(per_second=args.rate, burst=args.burst))
@@ -158,4 +158,4 @@ def main(argv: list[str], prog: str = "trusted-loader") -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:], "python -m certs.cli"))
+    sys.exit(main(sys.argv[1:], "python -m certs.ca.cli"))

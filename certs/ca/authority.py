@@ -29,12 +29,12 @@ from cryptography.x509.oid import NameOID
 
 from attestation import binding, verifier_for
 from attestation.evidence import Evidence, Result
+from certs.ca.nonce import NonceError, NonceService, create_key, load_key
+from certs.ca.policy import GPU_TYPES, REFERENCE_FILE, CaPolicy, default_policy_text, load_policy
 from certs.csr import CsrError, ParsedCsr, parse_csr
+from certs.errors import CertsError
 from certs.extensions import encode_evidence_extension
-from certs.nonce import NonceError, NonceService, create_key, load_key
-from certs.policy import GPU_TYPES, REFERENCE_FILE, CaPolicy, default_policy_text, load_policy
 from certs.profile import cvm_leaf
-from x509kit.errors import CertsError
 
 log = logging.getLogger("certs.ca")
 

@@ -437,7 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     appraisal_cli.add_options(rep)
     rep.set_defaults(func=cmd_replay)
 
-    from certs.cli import add_parser as add_ca_parser
+    from certs.ca.cli import add_parser as add_ca_parser
 
     add_ca_parser(sub).set_defaults(setup_logging=_ca_logging)
     opscli.add_parsers(sub)
@@ -456,7 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from x509kit.chain import quiet_serial_warnings_globally
+    from certs.chain import quiet_serial_warnings_globally
 
     argv = sys.argv[1:] if argv is None else argv
     quiet_serial_warnings_globally()
@@ -478,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _certs_errors() -> type[Exception]:
-    from x509kit.errors import CertsError
+    from certs.errors import CertsError
 
     return CertsError
 

@@ -1,8 +1,8 @@
-"""Exceptions of X.509 handling (x509kit and certs) (one hierarchy; messages are one line)."""
+"""Exceptions of the certs package (one hierarchy; messages are one line)."""
 
 
 class CertsError(Exception):
-    """Base of all X.509 and certs errors."""
+    """Base of all certs errors."""
 
 
 class CertificateFormatError(CertsError):

@@ -5,7 +5,7 @@ vendor chains (Intel PCK, AMD VCEK with RSA-PSS and serial 0, NVIDIA device chai
 accepted by OpenSSL but not by stricter Web-PKI validators, and one validator for all chains
 keeps one set of rules. One narrow exception, for speed on a new platform or chip: a leaf never
 seen before under an issuer path OpenSSL already validated with the same exact inputs is
-accepted by direct checks that are each at least as strict as OpenSSL's (x509kit/leaf.py); they
+accepted by direct checks that are each at least as strict as OpenSSL's (certs/leaf.py); they
 never reject, so every rejection is still OpenSSL's.
 """
 
@@ -23,9 +23,9 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.utils import CryptographyDeprecationWarning
 
-from x509kit import leaf as new_leaf
-from x509kit import memo
-from x509kit.errors import CertificateFormatError, ChainError
+from certs import leaf as new_leaf
+from certs import memo
+from certs.errors import CertificateFormatError, ChainError
 
 CrlMode = Literal["none", "leaf", "all"]
 
@@ -43,7 +43,7 @@ _CRLS: memo.Lru[bytes, x509.CertificateRevocationList] = memo.cache()
 _DER: memo.Lru[int, tuple[object, bytes]] = memo.cache(4 * memo.DEFAULT_SIZE)
 _PATHS: memo.Lru[memo.Key, tuple[tuple[x509.Certificate, ...], memo.Windows]] = memo.cache()
 _ISSUER_PATHS: memo.Lru[memo.Key, new_leaf.IssuerPath] = memo.cache()
-"""Issuer paths (the validated chain less its leaf) by everything but the leaf (x509kit/leaf.py)."""
+"""Issuer paths (the validated chain less its leaf) by everything but the leaf (certs/leaf.py)."""
 
 
 def _der(obj: x509.Certificate | x509.CertificateRevocationList) -> bytes:
@@ -188,10 +188,10 @@ def verify_chain(
     Raises ChainError with OpenSSL's reason and the subject of the certificate at fault.
 
     A success is remembered under the exact DER of every certificate and CRL given and the
-    mode (x509kit/memo.py), and reused only while every certificate of the path it built and
+    mode (certs/memo.py), and reused only while every certificate of the path it built and
     every CRL given is valid at `at`; otherwise, and for every failure, OpenSSL decides again.
     The issuer path of a success is remembered too (without the leaf): a new leaf under it is
-    accepted by x509kit/leaf.py's direct checks where they all hold, else OpenSSL decides.
+    accepted by certs/leaf.py's direct checks where they all hold, else OpenSSL decides.
     """
     root_list = list(roots)
     if not root_list:
@@ -229,7 +229,7 @@ def _directly_under_known_issuers(
     leaf: x509.Certificate, above: memo.Key, at: dt.datetime
 ) -> list[x509.Certificate] | None:
     """[leaf, *issuer path] where OpenSSL validated that issuer path with these exact inputs and
-    `leaf` meets x509kit/leaf.py's conditions at `at`; None where OpenSSL must decide."""
+    `leaf` meets certs/leaf.py's conditions at `at`; None where OpenSSL must decide."""
     issuers = _ISSUER_PATHS.get(above)
     if issuers is None:
         return None
