@@ -40,7 +40,7 @@ from loader.measure.progress import hashing_meter, rate_text
 from loader.publish.spool import atomic_write, spool_report
 from loader.report import boundary
 from loader.report.decide import decide
-from loader.report.document import input_event, sign_report, utc_text
+from loader.report.document import FORMAT, input_event, sign_report, utc_text
 from loader.report.partykeys import key_id_text
 from loader.report.policy import ApprovedList, Execution, load_policy
 
@@ -545,7 +545,7 @@ def _payload(state: BootState) -> dict[str, Any]:
     wl = state.workload
     verdict = "abort" if wl is None else "run"
     return {
-        "format": "trusted-loader/report/v1",
+        "format": FORMAT,
         "loader": {"name": "trusted-loader", "version": loader.__version__},
         "job": {"id": cfg.job_id, "order": policy.order if policy else ""},
         "tee": cfg.tee,

@@ -1,7 +1,7 @@
 """The integrity report: a COSE_Sign1 over a deterministic CBOR map, signed by the ephemeral key.
 
 Payload fields (all keys text, no floats, times as RFC 3339 UTC strings):
-  format     "trusted-loader/report/v1"
+  format     "trusted-loader/report/v2"
   loader     {name, version}
   job        {id, order}
   tee        configured TEE type
@@ -53,7 +53,9 @@ from loader.errors import ReportError
 from loader.report import cose
 from loader.report.collateral import check_record
 
-FORMAT = "trusted-loader/report/v1"
+FORMAT = "trusted-loader/report/v2"
+"""v2 (this release): input kinds, the configured execution (`run`), carried collateral, the RTMR3
+boundary and the containment record; v1 reports are refused with this field named."""
 CONTENT_TYPE = "application/vnd.trusted-loader.report+cbor"
 
 
