@@ -77,6 +77,7 @@ def approve_configured_run(config: Path) -> None:
     path = config.parent / "approved.json"
     policy = json.loads(path.read_text())
     policy["run"].update(command=list(run.command), env=dict(run.env), network=run.network)
+    policy["run"]["isolation"] = run.isolation
     policy["run"]["timeout"] = int(run.timeout) if run.timeout == int(run.timeout) else run.timeout
     path.write_text(json.dumps(policy, indent=2) + "\n")
 

@@ -395,11 +395,23 @@ def test_gpu_device_nodes_are_passed_only_when_gpu_is_on(tmp_path: Path) -> None
     assert "sev-guest" not in seen["on"] and not {"nvidia0", "nvidiactl"} & set(seen["off"])
 
 
+def test_an_operator_cannot_turn_containment_off_without_the_parties(demo_dir: Path) -> None:
+    """An uncontained engine could take the loader's key and sign a report claiming anything,
+    containment included: so "none" needs the approved list's consent, or the job aborts."""
+    cfg = demo_dir / "loader.toml"
+    cfg.write_text(cfg.read_text().replace("timeout = 120", 'timeout = 120\nisolation = "none"'))
+    outcome = boot(load_config(cfg))
+    assert outcome.exit_code == 3 and outcome.workload is None
+    assert outcome.reasons == ('run.isolation: configured "none", but the approved list says "namespaces"',)
+    assert verify_report(outcome.report, allow_mock=True, appraisal=MOCK).ok  # a signed abort that verifies
+
+
 def test_report_verify_refuses_no_isolation_unless_told_and_says_so(demo_dir: Path) -> None:
     from tests.conftest import cli
 
     cfg = demo_dir / "loader.toml"
     cfg.write_text(cfg.read_text().replace("timeout = 120", 'timeout = 120\nisolation = "none"'))
+    approve_configured_run(cfg)  # the parties consented to an uncontained engine
     report = demo_dir / "none.cbor"
     report.write_bytes(boot(load_config(cfg)).report)
     ref = demo_dir / "reference.json"

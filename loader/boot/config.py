@@ -57,6 +57,7 @@ class RunSettings:
             timeout_ms=round(self.timeout * 1000),
             platform=self.oci.platform if self.oci is not None else None,
             recipient=recipient,
+            isolation=self.isolation,
         )
 
 

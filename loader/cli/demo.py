@@ -20,6 +20,7 @@ the order owner, and the demo opens it with the order owner's key (opened/).
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import shutil
@@ -143,8 +144,18 @@ def demo_run(**changes: Any) -> dict[str, Any]:
         "env": {},
         "network": "none",
         "timeout": 120,
+        "isolation": "none" if uncontained_reason() else "namespaces",
     }
     return {**run, **changes}
+
+
+@functools.cache
+def uncontained_reason() -> str | None:
+    """Why the demo must run its engine uncontained here (a non-root user on a kernel without
+    user namespaces), or None. The approved list then says so too: the parties consent to it."""
+    import os
+
+    return user_namespaces_unavailable() if os.getuid() != 0 else None
 
 
 def _entry(name: str, path: Path) -> dict[str, str]:
@@ -276,7 +287,7 @@ def _containment() -> str:
         lines.append(
             f"# The engine's interpreter is outside the system directories.\nexpose = [{json.dumps(prefix)}]"
         )
-    if os.getuid() != 0 and (why := user_namespaces_unavailable()) is not None:
+    if (why := uncontained_reason()) is not None:
         print(f"trusted-loader demo: the engine will run UNCONTAINED: {why}", file=sys.stderr)
         lines.append(f'# Falls back to no containment: {why}\nisolation = "none"')
     if os.getuid() == 0:

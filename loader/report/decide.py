@@ -73,7 +73,7 @@ def decide(
 def execution_differences(approved: Execution, configured: Execution) -> list[str]:
     """Every way the configured execution differs from the approved one, one reason each."""
     out = []
-    for name in ("runtime", "command", "network", "platform"):
+    for name in ("runtime", "command", "network", "platform", "isolation"):
         want, got = getattr(approved, name), getattr(configured, name)
         if want != got:
             out.append(f"run.{name}: configured {_show(got)}, but the approved list says {_show(want)}")

@@ -17,7 +17,7 @@ Payload fields (all keys text, no floats, times as RFC 3339 UTC strings):
              ciphertext's digest and size and the grant file's digest; `digest` is then the
              plaintext's, or "" when the job aborted before it was decrypted
   run        {runtime, command: [text], env: {text: text}, network, timeout_ms, platform: null|text,
-              recipient: null|text}   how the configuration ran the engine and where its output
+              recipient: null|text, isolation}   how the configuration ran the engine and where its output
               went (sha256 of the recipient key's SPKI); the decision compares it with the list's
   collateral {needed, sets, errors}              the platform's collateral (loader/report/collateral.py)
   events     [{register, event, value: bstr(48)}]  runtime-register extensions, in order; the last
@@ -104,6 +104,7 @@ _SCHEMA: dict[str, Any] = {
         "timeout_ms": _INT,
         "platform": (type(None), _TEXT),
         "recipient": (type(None), _TEXT),
+        "isolation": _TEXT,
     },
     "events": _LIST,
     "collateral": _MAP,

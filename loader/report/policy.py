@@ -8,7 +8,8 @@ are refused:
   {"version": 2, "order": "...",
    "engine": {"name", "kind": "file"|"directory"|"oci", "digest"}, "datasets": [...], "config": {...},
    "run": {"runtime": "process"|"oci", "command": [argv template], "env": {NAME: VALUE},
-           "network": "none"|"host"|NAME, "timeout": seconds, "platform": OS/ARCH or null},
+           "network": "none"|"host"|NAME, "timeout": seconds, "platform": OS/ARCH or null,
+           "isolation": "namespaces" (default) | "none"},
    "output": {"recipient": "sha256:<SHA-256 of the recipient key's SubjectPublicKeyInfo>" | null},
    "tee": [...], "flags": {...}}
 """
@@ -32,7 +33,9 @@ _TOP = {"version", "order", "engine", "datasets", "config", "tee", "flags", "run
 _REQUIRED = {"version", "engine", "datasets", "tee", "run", "output"}
 VERSION = 2
 KINDS = ("file", "directory", "oci")
-_RUN = {"runtime", "command", "env", "network", "timeout", "platform"}
+_RUN = {"runtime", "command", "env", "network", "timeout", "platform", "isolation"}
+_RUN_OPTIONAL = {"platform", "isolation"}
+ISOLATIONS = ("namespaces", "none")
 MAX_TIMEOUT = 7 * 86400
 
 
@@ -58,6 +61,9 @@ class Execution:
     timeout_ms: int
     platform: str | None
     recipient: str | None
+    isolation: str = "namespaces"
+    """"none" only where the parties consented to an uncontained engine (it could then take the
+    loader's key and sign what it likes: docs/containment.md)."""
 
     def to_record(self) -> dict[str, object]:
         return {
@@ -68,6 +74,7 @@ class Execution:
             "timeout_ms": self.timeout_ms,
             "platform": self.platform,
             "recipient": self.recipient,
+            "isolation": self.isolation,
         }
 
 
@@ -165,7 +172,7 @@ def _parse(raw: bytes) -> ApprovedList:
 def _execution(run: object, output: object) -> Execution:
     if not isinstance(run, dict):
         raise PolicyError("run: expected an object naming runtime, command, env, network, timeout")
-    unknown, missing = set(run) - _RUN, _RUN - {"platform"} - set(run)
+    unknown, missing = set(run) - _RUN, _RUN - _RUN_OPTIONAL - set(run)
     if unknown or missing:
         which = sorted(unknown)[0] if unknown else sorted(missing)[0]
         raise PolicyError(
@@ -187,6 +194,9 @@ def _execution(run: object, output: object) -> Execution:
     platform = run.get("platform")
     if platform is not None and not isinstance(platform, str):
         raise PolicyError(f"run.platform: expected OS/ARCH[/VARIANT] or null, found {platform!r}")
+    isolation = run.get("isolation", "namespaces")
+    if isolation not in ISOLATIONS:
+        raise PolicyError(f"run.isolation: expected one of {list(ISOLATIONS)}, found {isolation!r}")
     return Execution(
         runtime=run["runtime"],
         command=tuple(command),
@@ -195,6 +205,7 @@ def _execution(run: object, output: object) -> Execution:
         timeout_ms=round(timeout * 1000),
         platform=platform,
         recipient=_recipient(output),
+        isolation=isolation,
     )
 
 

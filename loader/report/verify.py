@@ -448,6 +448,7 @@ def execution_from_record(record: dict[str, Any]) -> Execution:
         timeout_ms=record["timeout_ms"],
         platform=record["platform"],
         recipient=record["recipient"],
+        isolation=record["isolation"],
     )
 
 
