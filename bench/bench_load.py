@@ -61,11 +61,17 @@ def write_shards(engine: Path, files: int, size: int) -> None:
 
 
 def write_job(work: Path, engine: Path, mode: str) -> Path:
+    from loader.cli import demo
+
+    command = [sys.executable, "{engine}/start.py", "{output}"]
+    measured = digest_path(engine)
     policy = {
-        "version": 1,
+        "version": 2,
         "order": "bench-load",
-        "engine": {"name": "bench-engine", "digest": digest_path(engine).digest},
+        "engine": {"name": "bench-engine", "kind": measured.kind, "digest": measured.digest},
         "datasets": [],
+        "run": demo.demo_run(command=command, timeout=600),
+        "output": {"recipient": None},
         "tee": ["mock"],
     }
     (work / "approved.json").write_text(json.dumps(policy))
@@ -88,9 +94,9 @@ engine_format = "plain"
 mode = "{mode}"
 
 [run]
-command = [{json.dumps(sys.executable)}, "{{engine}}/start.py", "{{output}}"]
+command = {json.dumps(command)}
 timeout = 600
-"""
+{demo.containment_keys()}"""
     )
     return config
 

@@ -246,7 +246,7 @@ root = "tee"
 [run]
 command = [{json.dumps(sys.executable)}, "{{engine}}"]
 timeout = 120
-{_containment()}{ca}"""
+{containment_keys()}{ca}"""
     path = workdir / "loader.toml"
     path.write_text(text)
     return path
@@ -273,7 +273,7 @@ def user_namespaces_unavailable() -> str | None:
     return None
 
 
-def _containment() -> str:
+def containment_keys() -> str:
     """[run] containment keys the demo needs here (docs/containment.md)."""
     import os
     import pwd
