@@ -22,6 +22,21 @@ from loader.cli.files import read_bounded
 from loader.errors import LoaderError, TrustError
 
 
+def add_verifier_options(
+    parser: argparse.ArgumentParser, *, signer: str = "the report's certificate"
+) -> None:
+    """--ca, --at and --allow-mock, then the appraisal options: what every command that verifies a
+    report or a CVM certificate takes (`report verify|show`, `replay`, `grant create`, `output open`)."""
+    from attestation.clikit import parse_time
+
+    parser.add_argument("--ca", type=Path, help=f"CA certificate (PEM) {signer} must chain to")
+    parser.add_argument(
+        "--at", type=parse_time, help="use this time (ISO 8601) for every validity check; default now"
+    )
+    parser.add_argument("--allow-mock", action="store_true", help="accept mock evidence (reported as MOCK)")
+    add_options(parser)
+
+
 def add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reference", type=Path, metavar="FILE", help="reference values to appraise against")
     parser.add_argument(

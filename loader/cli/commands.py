@@ -9,7 +9,6 @@ Results go to stdout (with --json, one JSON object); diagnostics go to stderr.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import importlib
 import json
 import logging
@@ -335,12 +334,6 @@ def _ca_logging(choice: str) -> None:
     setup_logging(choice=choice, loggers=(LOGGER, "certs"))
 
 
-def _time(text: str) -> dt.datetime:
-    from attestation.clikit import parse_time
-
-    return parse_time(text)
-
-
 def build_parser() -> argparse.ArgumentParser:
     import loader
     from loader.cli import appraisal_cli, chain_cli
@@ -386,12 +379,10 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="show or verify an integrity report").add_subparsers(
         dest="report_command", required=True
     )
-    opscli.add_report_show(report, _time)
+    opscli.add_report_show(report)
     verify = report.add_parser("verify", help="check every signature, chain, evidence and decision")
     verify.add_argument("report", type=Path, help="the report (COSE_Sign1 CBOR file)")
-    verify.add_argument("--ca", type=Path, help="CA certificate (PEM) the report's certificate must chain to")
-    verify.add_argument("--at", type=_time, help="check certificates and collateral at this time (ISO 8601)")
-    verify.add_argument("--allow-mock", action="store_true", help="accept mock evidence (reported as MOCK)")
+    appraisal_cli.add_verifier_options(verify)
     verify.add_argument(
         "--allow-no-isolation",
         action="store_true",
@@ -411,7 +402,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--accept-tcb", metavar="STATUS,...", help="accepted TDX TCB statuses (default UpToDate)"
     )
     verify.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    appraisal_cli.add_options(verify)
     verify.set_defaults(func=cmd_report_verify)
 
     chain_cli.add_commands(sub, report)
@@ -425,16 +415,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ROLE[:NAME]=PATH",
         help="your copy of an input: engine=PATH, config=PATH, dataset:NAME=PATH (repeatable)",
     )
-    rep.add_argument("--ca", type=Path, help="CA certificate (PEM) the report's certificate must chain to")
-    rep.add_argument("--at", type=_time, help="check certificates and collateral at this time (ISO 8601)")
-    rep.add_argument("--allow-mock", action="store_true", help="accept mock evidence (reported as MOCK)")
+    appraisal_cli.add_verifier_options(rep)
     rep.add_argument(
         "--partial", action="store_true", help="exit 0 although some of the report's inputs were not given"
     )
     rep.add_argument(
         "--allow-no-isolation", action="store_true", help="accept an engine run with isolation 'none'"
     )
-    appraisal_cli.add_options(rep)
     rep.set_defaults(func=cmd_replay)
 
     from certs.ca.cli import add_parser as add_ca_parser

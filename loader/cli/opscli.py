@@ -260,7 +260,7 @@ def _json_doc(report: Any, check: Any) -> dict[str, Any]:
     return doc
 
 
-def add_report_show(report_sub: Any, time_type: Any) -> None:
+def add_report_show(report_sub: Any) -> None:
     show = report_sub.add_parser("show", help="readable summary (or --json, --html) of a report")
     show.add_argument("report", type=Path, help="the report (COSE_Sign1 CBOR file)")
     fmt = show.add_mutually_exclusive_group()
@@ -268,12 +268,9 @@ def add_report_show(report_sub: Any, time_type: Any) -> None:
     fmt.add_argument("--html", action="store_true", help="a self-contained HTML page for an auditor")
     show.add_argument("-o", "--output", type=Path, help="write to this file instead of stdout")
     show.add_argument("--no-verify", action="store_true", help="only decode; do not verify")
-    show.add_argument("--ca", type=Path, help="CA certificate (PEM) the report's certificate must chain to")
-    show.add_argument("--at", type=time_type, help="verify at this time (ISO 8601; default now); shown")
-    show.add_argument("--allow-mock", action="store_true", help="accept mock evidence (shown as MOCK)")
     from loader.cli import appraisal_cli
 
-    appraisal_cli.add_options(show)
+    appraisal_cli.add_verifier_options(show)
     show.set_defaults(func=cmd_report_show)
 
 

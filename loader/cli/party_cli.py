@@ -262,12 +262,7 @@ def add_parsers(sub: Any) -> None:
         "--policy", type=Path, required=True, help="the approved list consented to (the grant is bound to it)"
     )
     create.add_argument("--out", type=Path, required=True, help="where to write the grant")
-    create.add_argument("--ca", type=Path, help="CA certificate (PEM) the CVM certificate must chain to")
-    create.add_argument(
-        "--allow-mock", action="store_true", help="accept mock evidence (demos and tests only)"
-    )
-    create.add_argument("--at", type=_time, help="verification time (ISO 8601; default now)")
-    appraisal_cli.add_options(create)
+    appraisal_cli.add_verifier_options(create, signer="the CVM certificate")
     create.set_defaults(func=cmd_grant_create)
 
     output = sub.add_parser("output", help="open a sealed output").add_subparsers(
@@ -280,10 +275,5 @@ def add_parsers(sub: Any) -> None:
     open_.add_argument(
         "--report", type=Path, help="verify this report in full; the sealed file must be its output"
     )
-    open_.add_argument("--ca", type=Path, help="CA certificate (PEM) the report's certificate must chain to")
-    open_.add_argument(
-        "--allow-mock", action="store_true", help="accept mock evidence (demos and tests only)"
-    )
-    open_.add_argument("--at", type=_time, help="verification time (ISO 8601; default now)")
-    appraisal_cli.add_options(open_)
+    appraisal_cli.add_verifier_options(open_)
     open_.set_defaults(func=cmd_output_open)
