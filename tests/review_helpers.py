@@ -124,3 +124,23 @@ def checks_of(verification: Any) -> dict[str, tuple[bool, str]]:
 
 def der(cert: x509.Certificate) -> bytes:
     return _der(cert)
+
+
+def keep_boot_keys(monkeypatch: Any) -> list[Any]:
+    """Make the boot keep each run's ephemeral key (appended to the returned list, never
+    discarded), so that a test can re-sign an altered report with the run's own key."""
+    import loader.boot.sequence
+    from loader.boot.keys import EphemeralKey
+
+    kept: list[EphemeralKey] = []
+
+    class KeptKey(EphemeralKey):
+        def __init__(self) -> None:
+            super().__init__()
+            kept.append(self)
+
+        def discard(self) -> None:
+            pass
+
+    monkeypatch.setattr(loader.boot.sequence, "EphemeralKey", KeptKey)
+    return kept

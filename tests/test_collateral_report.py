@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import ClassVar
 
 import pytest
 
 from attestation.tdx.attester import TdxAttester
-from loader.boot import sequence as boot_mod
 from loader.boot.config import load_config
 from loader.boot.keys import EphemeralKey
 from loader.boot.sequence import boot
 from loader.report.document import parse_report, sign_report
 from tests.collateral_server import Served, go_pcs, serving
 from tests.conftest import cli
+from tests.review_helpers import keep_boot_keys
 from tests.tdx_helpers import ROOT, FakeTdxKernel, quote_bytes
 
 
@@ -29,24 +28,15 @@ def _tdx_job(demo_dir: Path, collateral: str) -> Path:
     return cfg
 
 
-class _KeptKey(EphemeralKey):
-    """The run's key, kept by the test so that it can re-sign an altered report."""
-
-    kept: ClassVar[list[EphemeralKey]] = []
-
-    def __init__(self) -> None:
-        super().__init__()
-        _KeptKey.kept.append(self)
-
-    def discard(self) -> None:
-        pass
+@pytest.fixture
+def kept_keys(monkeypatch: pytest.MonkeyPatch) -> list[EphemeralKey]:
+    """The boot's ephemeral keys, kept so that a test can re-sign an altered report."""
+    return keep_boot_keys(monkeypatch)
 
 
 @pytest.fixture
-def tdx_report(demo_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, bytes]:
+def tdx_report(demo_dir: Path, tmp_path: Path, kept_keys: list[EphemeralKey]) -> tuple[Path, bytes]:
     """A TDX job on the fake configfs-tsm with trustee's real quote 4, collateral from a PCCS."""
-    monkeypatch.setattr(boot_mod, "EphemeralKey", _KeptKey)
-    _KeptKey.kept.clear()
     served = Served(go_pcs())
     with serving(served) as url:
         cfg = load_config(_tdx_job(demo_dir, f'pccs_url = "{url}"\nattempts = 1'))
@@ -125,14 +115,14 @@ def test_fresher_collateral_is_shown_beside_the_reports(tdx_report, tmp_path: Pa
     assert fresh_tcb and fresh_tcb[0]["tcb_status"] == "UpToDate" and _check(out, "tcb[0]:fresh")["passed"]
 
 
-def test_a_report_stripped_of_its_collateral_is_refused(tdx_report) -> None:
+def test_a_report_stripped_of_its_collateral_is_refused(tdx_report, kept_keys) -> None:
     """The attacker (holding the key, in this test) re-signs the report without its collateral:
     the evidence still verifies, but hardware evidence without collateral is not verified."""
     path, raw = tdx_report
     report = parse_report(raw)
     payload = dict(report.payload)
     payload["collateral"] = {"needed": True, "sets": [], "errors": []}
-    key = _KeptKey.kept[-1]
+    key = kept_keys[-1]
     stripped = sign_report(payload, x5chain=report.envelope.x5chain, sign=key.sign_raw)
     path.write_bytes(stripped)
     code, out = _verify(path, "--at", "2023-07-01T00:00:00Z")
@@ -157,7 +147,7 @@ def test_mock_report_verifies_and_says_none_is_needed(demo_report, tmp_path: Pat
     assert "none needed for mock evidence" in _check(out, "tcb[0]")["detail"]
 
 
-def test_collateral_swapped_for_another_platforms_is_refused(tdx_report) -> None:
+def test_collateral_swapped_for_another_platforms_is_refused(tdx_report, kept_keys) -> None:
     """An attacker re-signs the report with trustee's 2025 TCB Info (FMSPC 00a06d080000) in place
     of the collateral fetched for this quote (FMSPC 50806f000000): no TCB status applies."""
     from tests.tdx_helpers import tdx
@@ -172,7 +162,7 @@ def test_collateral_swapped_for_another_platforms_is_refused(tdx_report) -> None
         **payload["collateral"],
         "sets": [{**payload["collateral"]["sets"][0], "files": files}],
     }
-    path.write_bytes(sign_report(payload, x5chain=report.envelope.x5chain, sign=_KeptKey.kept[-1].sign_raw))
+    path.write_bytes(sign_report(payload, x5chain=report.envelope.x5chain, sign=kept_keys[-1].sign_raw))
     code, out = _verify(path, "--at", "2023-07-01T00:00:00Z")
     tcb = _check(out, "tcb[0]")
     assert code == 1 and not tcb["passed"]

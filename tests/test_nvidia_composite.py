@@ -12,7 +12,6 @@ import datetime as dt
 import json
 import os
 from pathlib import Path
-from typing import ClassVar
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -23,7 +22,6 @@ from attestation.mock.attester import MockAttester
 from attestation.nvidia.attester import NvidiaAttester
 from attestation.nvidia.mockgpu import MockGpuAttester
 from certs.selfissue import self_issue
-from loader.boot import sequence as boot_mod
 from loader.boot.config import load_config
 from loader.boot.keys import EphemeralKey
 from loader.boot.sequence import EXIT_ABORTED, EXIT_ATTESTATION, boot
@@ -33,6 +31,7 @@ from loader.report.verify import verify_report
 from tests.appraisal_helpers import MOCK
 from tests.conftest import cli
 from tests.fake_nvml import mock_nvml, vector_nvml
+from tests.review_helpers import keep_boot_keys
 
 
 def with_gpu(demo_dir: Path, mode: str = "mock") -> Path:
@@ -63,26 +62,12 @@ def test_mock_cpu_and_mock_gpu_end_to_end(demo_dir: Path) -> None:
     assert refused.returncode == 1  # both are mock: refused without --allow-mock
 
 
-class _KeptKey(EphemeralKey):
-    """An ephemeral key the test keeps after boot, to forge reports with valid signatures."""
-
-    kept: ClassVar[list[EphemeralKey]] = []
-
-    def __init__(self) -> None:
-        super().__init__()
-        _KeptKey.kept.append(self)
-
-    def discard(self) -> None:
-        pass
-
-
 @pytest.fixture
 def bound_run(demo_dir: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(boot_mod, "EphemeralKey", _KeptKey)
-    _KeptKey.kept.clear()
+    kept = keep_boot_keys(monkeypatch)
     outcome = boot(load_config(with_gpu(demo_dir)))
     assert outcome.exit_code == 0, outcome.reasons
-    (key,) = _KeptKey.kept
+    (key,) = kept
     return outcome.report, key
 
 
