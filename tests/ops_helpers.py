@@ -56,16 +56,6 @@ def make_job(
     return Job(workdir, config, canary)
 
 
-def approve_env(job: Job, env: dict[str, str]) -> None:
-    """Approve `env` in the job's list (run.env) as the configuration will set it."""
-    import json
-
-    path = job.workdir / "approved.json"
-    policy = json.loads(path.read_text())
-    policy["run"]["env"] = env
-    path.write_text(json.dumps(policy, indent=2) + "\n")
-
-
 def approve_configured_run(config: Path) -> None:
     """Make the approved list beside `config` consent to exactly the [run] it configures: for
     tests whose subject is not consent but an engine with its own command line or timeout."""

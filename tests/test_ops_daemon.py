@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.ops_helpers import REPO, approve_env, loader_env, make_job, run_daemon
+from tests.ops_helpers import REPO, approve_configured_run, loader_env, make_job, run_daemon
 
 STEPS = ["attestation", "certificate", "policy", "measurement", "extend", "decision", "wipe", "sign", "store"]
 
@@ -137,7 +137,7 @@ def test_sigterm_stops_the_workload_and_wipes_staging(tmp_path: Path) -> None:
     token = secrets.token_hex(8)
     text = job.config.read_text().replace("timeout = 120", f'timeout = 120\nenv = {{MARKER = "{token}"}}')
     job.config.write_text(text)
-    approve_env(job, {"MARKER": token})
+    approve_configured_run(job.config)
     proc = subprocess.Popen(
         [sys.executable, "-m", "loader", "run", "--config", str(job.config)],
         cwd=REPO,
