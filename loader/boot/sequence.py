@@ -453,11 +453,7 @@ def _run(state: BootState, staging: Path) -> None:
         if user is False or not _mark_start(state):
             return
         state.workload = run_staged_image(run, paths, name=f"tl-{state.run_id}", user=user or None)
-        record = containment.oci_record(run, user or None)
-        state.containment = {
-            **record,
-            "boundary": containment.boundary_text(state.cfg.tee, state.rtmr3_initial),
-        }
+        state.containment = _containment_record(state, containment.oci_record(run, user or None))
     else:
         box = _sandbox(state, staging)
         if box is False or not _mark_start(state):
@@ -465,7 +461,8 @@ def _run(state: BootState, staging: Path) -> None:
         state.workload = run_process(
             run.command, paths, timeout=run.timeout, extra_env=dict(run.env), sandbox=box or None
         )
-        state.containment = _containment_record(state, box or None)
+        record = box.record() if box else containment.uncontained_record()
+        state.containment = _containment_record(state, record)
     state.output = _collect_output(state, paths)
 
 
@@ -509,8 +506,8 @@ def _mark_start(state: BootState) -> bool:
     return False
 
 
-def _containment_record(state: BootState, box: sandbox.Sandbox | None) -> dict[str, Any]:
-    record = box.record() if box is not None else containment.uncontained_record()
+def _containment_record(state: BootState, record: dict[str, Any]) -> dict[str, Any]:
+    """How the engine was contained, with what the TEE's register records of the boundary."""
     return {**record, "boundary": containment.boundary_text(state.cfg.tee, state.rtmr3_initial)}
 
 
